@@ -1,0 +1,86 @@
+"""The layer chain: one interface for every remedy, assembled in one place.
+
+Like middleware in Starlette or a Layer in Rust's Tower, a layer receives the request and the next
+handler and returns a result: a whole `ChatCompletion` or a `ChunkStream`. A lesson switches exactly one
+layer on and measures the difference. Layers never import each other; `Chain` is the only thing that
+knows their order (outermost first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from openai.types.chat import ChatCompletion
+
+from labkit.request import ChatRequest
+from labkit.stream import ChunkStream
+
+Result = ChatCompletion | ChunkStream
+Handler = Callable[[ChatRequest], Awaitable[Result]]
+
+
+@runtime_checkable
+class Layer(Protocol):
+    """What every layer implements."""
+
+    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result: ...
+
+
+def _bind(layer: Layer, call_next: Handler) -> Handler:
+    async def handler(request: ChatRequest) -> Result:
+        return await layer(request, call_next)
+
+    handler.__qualname__ = f"{type(layer).__name__}.handler"
+    return handler
+
+
+class Chain:
+    """A transport wrapped by layers, outermost first: `Chain(transport, [metrics, cache, retry])`."""
+
+    def __init__(self, transport: Handler, layers: Sequence[Layer] = ()) -> None:
+        self.transport = transport
+        self.layers: tuple[Layer, ...] = tuple(layers)
+        handler: Handler = transport
+        for layer in reversed(self.layers):
+            handler = _bind(layer, handler)
+        self._handler = handler
+
+    async def __call__(self, request: ChatRequest) -> Result:
+        return await self._handler(request)
+
+    async def complete(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        model: str,
+        metadata: Mapping[str, Any] | None = None,
+        controls: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatCompletion:
+        """A plain (non-streamed) completion through the chain."""
+        request = ChatRequest.create(model, messages, metadata=metadata, controls=controls, **params)
+        result = await self(request)
+        if isinstance(result, ChunkStream):  # a layer may answer a plain request from a recorded stream
+            return await result.collect()
+        return result
+
+    async def stream(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        model: str,
+        metadata: Mapping[str, Any] | None = None,
+        controls: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChunkStream:
+        """A streamed completion through the chain; use it as `async with await chain.stream(...) as s`."""
+        request = ChatRequest.create(model, messages, stream=True, metadata=metadata, controls=controls, **params)
+        result = await self(request)
+        if isinstance(result, ChatCompletion):
+            raise TypeError("a layer answered a streamed request with a whole completion")
+        return result
+
+    def __repr__(self) -> str:
+        names = " -> ".join([*(type(layer).__name__ for layer in self.layers), type(self.transport).__name__])
+        return f"Chain({names})"

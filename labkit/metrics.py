@@ -1,0 +1,165 @@
+"""The first metrics layer: one record per request (latency, time to first token, tokens, cost, outcome).
+
+It sits outermost in the chain so it sees what the caller sees, cache hits and retries included. Times
+come from `time.perf_counter()` (a monotonic clock: `time.time()` can jump). Records are kept in a bounded
+deque, so memory does not grow with traffic; lesson 07 adds histograms and Prometheus exposition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionChunk
+
+from labkit.chain import Handler, Result
+from labkit.pricing import PriceTable, default_prices
+from labkit.request import ChatRequest
+from labkit.stream import ChunkStream
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """What one request cost the caller in time, tokens and money."""
+
+    key: str
+    model: str
+    stream: bool
+    started: float
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+    outcome: str = "pending"
+    source: str = "upstream"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class MetricsRecorder:
+    """A bounded log of request records, with the summaries the notebooks chart."""
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self.records: deque[RequestRecord] = deque(maxlen=maxlen)
+
+    def add(self, record: RequestRecord) -> None:
+        self.records.append(record)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def to_frame(self) -> Any:
+        """The records as a pandas DataFrame (pandas is imported only when asked for)."""
+        import pandas as pd
+
+        return pd.DataFrame([r.as_dict() for r in self.records])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, latency percentiles (s), tokens and cost over the recorded requests."""
+        return summarize(self.records)
+
+
+def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
+    import numpy as np
+
+    records = list(records)
+    ok = [r for r in records if r.outcome == "ok"]
+    latencies = np.array([r.latency_s for r in ok if r.latency_s is not None], dtype=float)
+    ttfts = np.array([r.ttft_s for r in ok if r.ttft_s is not None], dtype=float)
+
+    def pct(values: Any, q: float) -> float | None:
+        return float(np.percentile(values, q)) if len(values) else None
+
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "latency_p50_s": pct(latencies, 50),
+        "latency_p95_s": pct(latencies, 95),
+        "latency_p99_s": pct(latencies, 99),
+        "latency_mean_s": float(latencies.mean()) if len(latencies) else None,
+        "ttft_p50_s": pct(ttfts, 50),
+        "ttft_p95_s": pct(ttfts, 95),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "cached_tokens": sum(r.cached_tokens for r in records),
+        "cost_usd": sum(r.cost_usd or 0.0 for r in records),
+    }
+
+
+def outcome_of(error: BaseException) -> str:
+    """A short label for how a request ended: the exception's class name, or `cancelled`."""
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return "cancelled"
+    return type(error).__name__
+
+
+class MetricsLayer:
+    """Record every request passing through; streams are timed chunk by chunk as the caller reads them."""
+
+    def __init__(self, recorder: MetricsRecorder | None = None, prices: PriceTable | None = None) -> None:
+        self.recorder = recorder or MetricsRecorder()
+        self.prices = prices or default_prices()
+
+    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+        record = RequestRecord(key=request.key, model=request.model, stream=request.stream, started=time.perf_counter())
+        try:
+            result = await call_next(request)
+        except BaseException as error:
+            self._finish(record, outcome_of(error))
+            raise
+        if isinstance(result, ChunkStream):
+            record.source = str(result.info.get("source", "upstream"))
+            return result.wrap(lambda chunks: self._observe(record, chunks))
+        record.source = "upstream"
+        self._account(record, result.model, result.usage)
+        self._finish(record, "ok")
+        return result
+
+    async def _observe(
+        self, record: RequestRecord, chunks: AsyncIterator[ChatCompletionChunk]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        outcome = "cancelled"  # a caller that stops reading early closed the stream
+        try:
+            async for chunk in chunks:
+                if record.ttft_s is None and any(c.delta.content for c in chunk.choices):
+                    record.ttft_s = time.perf_counter() - record.started
+                if chunk.usage is not None:
+                    self._account(record, chunk.model, chunk.usage)
+                yield chunk
+            outcome = "ok"
+        except BaseException as error:
+            outcome = outcome_of(error)
+            raise
+        finally:
+            self._finish(record, outcome)
+
+    def _account(self, record: RequestRecord, model: str, usage: CompletionUsage | None) -> None:
+        if usage is None:
+            return
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        details = usage.prompt_tokens_details
+        record.cached_tokens = (details.cached_tokens or 0) if details is not None else 0
+        price_model = model if self.prices.price(model) is not None else record.model
+        record.cost_usd = self.prices.cost(
+            price_model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
+        )
+
+    def _finish(self, record: RequestRecord, outcome: str) -> None:
+        if record.latency_s is not None:
+            return
+        record.latency_s = time.perf_counter() - record.started
+        record.outcome = outcome
+        self.recorder.add(record)
+
+
+__all__ = ["MetricsLayer", "MetricsRecorder", "RequestRecord", "summarize"]

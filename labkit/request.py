@@ -1,0 +1,82 @@
+"""The request that travels through the layer chain.
+
+One immutable value carries everything a layer may look at: what is sent upstream (model, messages,
+generation parameters, whether to stream), what is *about* the request but never changes its answer
+(`metadata`: request ids, user tags), and per-request instructions to labkit's own layers (`controls`:
+no-cache, TTL, namespace, timeout ...). Keeping the three apart is what lets the fingerprint be right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+from labkit.fingerprint import fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """A chat-completion request plus labkit's per-request controls."""
+
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    stream: bool = False
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    controls: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("ChatRequest.model must be a non-empty string")
+        if isinstance(self.messages, (str, bytes)) or not self.messages:
+            raise ValueError("ChatRequest.messages must be a non-empty list of messages")
+        for reserved in ("model", "messages", "stream"):
+            if reserved in self.params:
+                raise ValueError(f"{reserved!r} is a field of ChatRequest, not a generation parameter")
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        stream: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        controls: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatRequest:
+        """Build a request the way the SDK call reads; a bare string becomes one user message."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return cls(
+            model=model,
+            messages=list(messages),
+            params=params,
+            stream=stream,
+            metadata=dict(metadata or {}),
+            controls=dict(controls or {}),
+        )
+
+    @cached_property
+    def key(self) -> str:
+        """The canonical fingerprint: the one key cache tiers, de-dup and metrics share."""
+        return fingerprint(self.model, self.messages, self.params)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body sent upstream (streams always ask for usage, so cost is never guessed)."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(self.messages), **self.params}
+        if self.stream:
+            body["stream"] = True
+            options = dict(body.get("stream_options") or {})
+            options.setdefault("include_usage", True)
+            body["stream_options"] = options
+        return body
+
+    def replace(self, **changes: Any) -> ChatRequest:
+        """A copy with some fields changed (a fallback layer swaps the model, a cache adds controls)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_controls(self, **controls: Any) -> ChatRequest:
+        return self.replace(controls={**self.controls, **controls})

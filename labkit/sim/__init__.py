@@ -1,0 +1,1 @@
+"""The simulated OpenAI-compatible service (placeholder; being written)."""
