@@ -39,6 +39,12 @@ class RequestRecord:
     cost_usd: float | None = None
     outcome: str = "pending"
     source: str = "upstream"
+    # streams only: content chunks received, inter-token latency between them (s), and whether the tokens
+    # were estimated from the partial text because the stream ended (stopped, broken) before its usage chunk
+    chunks: int = 0
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    usage_estimated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +80,8 @@ def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
     ok = [r for r in records if r.outcome == "ok"]
     latencies = np.array([r.latency_s for r in ok if r.latency_s is not None], dtype=float)
     ttfts = np.array([r.ttft_s for r in ok if r.ttft_s is not None], dtype=float)
+    itl50 = np.array([r.itl_p50_s for r in ok if r.itl_p50_s is not None], dtype=float)
+    itl95 = np.array([r.itl_p95_s for r in ok if r.itl_p95_s is not None], dtype=float)
 
     def pct(values: Any, q: float) -> float | None:
         return float(np.percentile(values, q)) if len(values) else None
@@ -88,6 +96,9 @@ def summarize(records: Iterable[RequestRecord]) -> dict[str, Any]:
         "latency_mean_s": float(latencies.mean()) if len(latencies) else None,
         "ttft_p50_s": pct(ttfts, 50),
         "ttft_p95_s": pct(ttfts, 95),
+        # the median over streams of each stream's own ITL p50 / p95
+        "itl_p50_s": pct(itl50, 50),
+        "itl_p95_s": pct(itl95, 50),
         "prompt_tokens": sum(r.prompt_tokens for r in records),
         "completion_tokens": sum(r.completion_tokens for r in records),
         "cached_tokens": sum(r.cached_tokens for r in records),
@@ -118,20 +129,32 @@ class MetricsLayer:
             raise
         if isinstance(result, ChunkStream):
             record.source = str(result.info.get("source", "upstream"))
-            return result.wrap(lambda chunks: self._observe(record, chunks))
+            return result.wrap(lambda chunks: self._observe(record, request, chunks))
         record.source = "upstream"
         self._account(record, result.model, result.usage)
         self._finish(record, "ok")
         return result
 
     async def _observe(
-        self, record: RequestRecord, chunks: AsyncIterator[ChatCompletionChunk]
+        self, record: RequestRecord, request: ChatRequest, chunks: AsyncIterator[ChatCompletionChunk]
     ) -> AsyncIterator[ChatCompletionChunk]:
         outcome = "cancelled"  # a caller that stops reading early closed the stream
+        parts: list[str] = []
+        gaps: list[float] = []
+        last = 0.0
+        clock = time.perf_counter
         try:
             async for chunk in chunks:
-                if record.ttft_s is None and any(c.delta.content for c in chunk.choices):
-                    record.ttft_s = time.perf_counter() - record.started
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        now = clock()
+                        if parts:
+                            gaps.append(now - last)
+                        else:
+                            record.ttft_s = now - record.started
+                        last = now
+                        parts.append(choice.delta.content)
+                        break
                 if chunk.usage is not None:
                     self._account(record, chunk.model, chunk.usage)
                 yield chunk
@@ -140,7 +163,23 @@ class MetricsLayer:
             outcome = outcome_of(error)
             raise
         finally:
+            record.chunks = len(parts)
+            if gaps:
+                gaps.sort()
+                record.itl_p50_s = _sorted_percentile(gaps, 50)
+                record.itl_p95_s = _sorted_percentile(gaps, 95)
+            if record.completion_tokens == 0 and parts and outcome != "ok":
+                self._estimate(record, request, "".join(parts))
             self._finish(record, outcome)
+
+    def _estimate(self, record: RequestRecord, request: ChatRequest, text: str) -> None:
+        """No usage chunk arrived (stopped or broken stream): count the prompt and the partial text."""
+        from labkit.tokens import count_messages, count_text
+
+        record.prompt_tokens = count_messages(request.messages, request.model)
+        record.completion_tokens = count_text(text, request.model)
+        record.usage_estimated = True
+        record.cost_usd = self.prices.cost(request.model, record.prompt_tokens, record.completion_tokens)
 
     def _account(self, record: RequestRecord, model: str, usage: CompletionUsage | None) -> None:
         if usage is None:
@@ -160,6 +199,14 @@ class MetricsLayer:
         record.latency_s = time.perf_counter() - record.started
         record.outcome = outcome
         self.recorder.add(record)
+
+
+def _sorted_percentile(ordered: list[float], q: float) -> float:
+    """Linear-interpolation percentile of an already sorted, non-empty list (numpy's default method)."""
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 __all__ = ["MetricsLayer", "MetricsRecorder", "RequestRecord", "summarize"]

@@ -18,9 +18,11 @@ kernel's process group) does not reach them.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
+import functools
 import html
 import importlib.util
 import json
@@ -38,11 +40,12 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+
+from labkit.endpoint import LOCAL_API_KEY, Endpoint
 
 __all__ = [
     "SIM_API_KEY",
@@ -58,8 +61,8 @@ __all__ = [
     "start_sim",
 ]
 
-SIM_API_KEY = "sk-lab-local"
-"""The key sent to the simulated service: it checks the shape of a key, never its secret."""
+SIM_API_KEY = LOCAL_API_KEY
+"""The placeholder key for the simulated service, which needs a key but has no secrets to guard."""
 
 MEMCACHED_INSTALL_HINT = (
     "memcached is not installed. Install it with `sudo apt-get install memcached` (macOS: "
@@ -113,37 +116,42 @@ def _die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
-def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+class _Output:
+    """A child's stdout or stderr in an anonymous file: no pipe to drain, nothing left on disk if we die."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the life of the child)
+
+    def tail(self, lines: int = _TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
+        """The last ``lines`` lines. ``pread`` leaves the file offset, which the child shares, alone."""
+        if self.file.closed:
+            return ""
+        fd = self.file.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - max_bytes)
+        text = os.pread(fd, size - start, start).decode(errors="replace")
+        return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 class _Child:
-    """One child process with its output in files: a pipe nobody drains would stall a chatty server."""
+    """One child process in its own session, armed to die with us, its output kept for error messages."""
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
-        self._logdir = Path(tempfile.mkdtemp(prefix=f"labkit-{name}-"))
-        self.stdout_path = self._logdir / "stdout.log"
-        self.stderr_path = self._logdir / "stderr.log"
+        self.stdout, self.stderr = _Output(), _Output()
         try:
-            with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-                self.proc = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=self._logdir,
-                    env=dict(env) if env is not None else None,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent(),
-                )
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self.stdout.file,
+                stderr=self.stderr.file,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
         except OSError as error:
-            shutil.rmtree(self._logdir, ignore_errors=True)
+            self._close_outputs()
             raise ServiceError(f"{name} could not be run: {error}") from error
 
     @property
@@ -167,8 +175,8 @@ class _Child:
 
     def failure(self, what: str) -> ServiceError:
         parts = [f"{self.name} {what}.", f"command: {subprocess.list2cmdline(self.argv)}"]
-        for label, path in (("stderr", self.stderr_path), ("stdout", self.stdout_path)):
-            if text := _tail(path):
+        for label, output in (("stderr", self.stderr), ("stdout", self.stdout)):
+            if text := output.tail():
                 parts.append(f"--- {label} (last lines) ---\n{text}")
         if len(parts) == 2:
             parts.append("(it wrote nothing to stdout or stderr)")
@@ -183,7 +191,11 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self._logdir, ignore_errors=True)
+        self._close_outputs()
+
+    def _close_outputs(self) -> None:
+        self.stdout.file.close()
+        self.stderr.file.close()
 
 
 def _ask(host: str, port: int, request: bytes, expect: bytes) -> bool:
@@ -233,7 +245,7 @@ class Service:
         """The last lines the server wrote to stderr and stdout, for when something looks wrong."""
         if self._child is None:
             return ""
-        return "\n".join(t for t in (_tail(self._child.stderr_path), _tail(self._child.stdout_path)) if t)
+        return "\n".join(t for t in (self._child.stderr.tail(), self._child.stdout.tail()) if t)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``grace`` s). Idempotent; a no-op for external servers."""
@@ -256,12 +268,8 @@ class Service:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.stop)
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)  # the grace period must not block the event loop
 
     def __repr__(self) -> str:
         where = f"pid={self.pid}" if self.managed else "external"
@@ -354,6 +362,16 @@ class SimService(Service):
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """This service as an :class:`~labkit.endpoint.Endpoint`, for the transport and the balancer."""
+        return Endpoint(self.base_url, self.api_key, name=self.name)
+
+    @functools.cached_property
+    def models(self) -> list[str]:
+        """The model ids the service lists (``GET /v1/models``); fixed by the profile, so read once."""
+        return [m["id"] for m in self._call("GET", "/v1/models")["data"]]
+
     # Admin helpers: synchronous for a notebook cell, ``a``-prefixed twins for code on the event loop.
 
     def health(self) -> dict[str, Any]:
@@ -434,16 +452,19 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 
 def _cli_options(options: Mapping[str, Any]) -> list[str]:
-    """``max_concurrency=8`` -> ``--max-concurrency 8``; True is a bare flag; None and False are left out."""
+    """``max_sequences=8`` -> ``--max-sequences 8``. True is a bare flag, a list repeats the flag, a dict is
+    JSON; None and False are left out."""
     argv: list[str] = []
     for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
         if value is None or value is False:
             continue
-        flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
-        elif isinstance(value, (Mapping, list, tuple)):
+        elif isinstance(value, Mapping):
             argv += [flag, json.dumps(value)]
+        elif isinstance(value, list | tuple):
+            argv += [arg for item in value for arg in (flag, str(item))]
         else:
             argv += [flag, str(value)]
     return argv
@@ -476,23 +497,49 @@ def start_sim(
     """Start a simulated OpenAI-compatible service on a free loopback port and wait until it is ready.
 
     ``profile`` picks the latency model, ``seed`` makes faults and sampled latencies reproducible.
-    Other keyword ``options`` become command-line flags (``max_concurrency=8`` -> ``--max-concurrency 8``),
+    Other keyword ``options`` become command-line flags (``max_sequences=8`` -> ``--max-sequences 8``),
     and ``args`` are passed as they are.
     """
+    return _launch_sim(profile, seed, rpm=rpm, tpm=tpm, faults=faults, args=args, timeout=timeout, **options)()
+
+
+def _launch_sim(
+    profile: str,
+    seed: int,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    faults: Mapping[str, Any] | None = None,
+    args: Sequence[str] = (),
+    timeout: float = 30.0,
+    **options: Any,
+) -> _PendingSim:
+    """Spawn a sim without waiting for it, so a lab with several sims pays their start-up time once."""
     argv = [*_sim_command(), "--host", _LOOPBACK, "--port", "0"]
     argv += ["--profile", profile, "--seed", str(seed)]
     argv += _cli_options({"rpm": rpm, "tpm": tpm, "faults": faults, **options})
     argv += ["--parent-pid", str(os.getpid()), *args]
     child = _Child(f"labkit.sim ({profile})", argv, env=_child_env())
+    return _PendingSim(child, profile, seed, timeout)
 
-    def ready_url() -> str | None:
-        match = _READY_LINE.search(_tail(child.stdout_path, lines=50))
+
+@dataclass
+class _PendingSim:
+    child: _Child
+    profile: str
+    seed: int
+    timeout: float
+
+    def __call__(self) -> SimService:
+        """Wait for the ready line and hand back the running service."""
+        url = self.child.wait_ready(self._ready_url, self.timeout)
+        service = SimService(name=f"sim {self.profile}", url=url, profile=self.profile, seed=self.seed)
+        service._adopt(self.child)
+        return service
+
+    def _ready_url(self) -> str | None:
+        match = _READY_LINE.search(self.child.stdout.tail(lines=50))
         return match.group(1).rstrip("/") if match else None
-
-    url = child.wait_ready(ready_url, timeout)
-    service = SimService(name=f"sim {profile}", url=url, profile=profile, seed=seed)
-    service._adopt(child)
-    return service
 
 
 def _redis_executable() -> str | None:
@@ -587,7 +634,12 @@ class Lab:
     @property
     def base_urls(self) -> list[str]:
         """One base URL per endpoint, for the load-balancing lessons."""
-        return [s.base_url for s in self.sims] or [self.base_url]
+        return [e.base_url for e in self.endpoints]
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """One :class:`~labkit.endpoint.Endpoint` per simulated service, or the real one."""
+        return [s.endpoint for s in self.sims] or [Endpoint(self.base_url, self.api_key, name="openai")]
 
     def services(self) -> list[Service]:
         return [s for s in (*self.sims, self.redis, self.memcached) if s is not None]
@@ -607,8 +659,6 @@ class Lab:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)
 
     def _rows(self) -> Iterator[tuple[str, str, str]]:
@@ -643,27 +693,34 @@ def start_lab(
 ) -> Lab:
     """Start what a notebook needs, honouring ``OPENAI_BASE_URL``, ``REDIS_URL`` and ``MEMCACHED_URL``.
 
+    With ``OPENAI_BASE_URL`` set no simulated service starts: ``base_url`` and ``api_key`` (from
+    ``OPENAI_API_KEY``) point at the real endpoint, and the sim-only lesson steps must skip themselves.
+
     Each entry of ``sims`` is a profile name or a dict of :func:`start_sim` arguments; the i-th sim gets
     ``seed + i`` unless it names its own, so side-by-side endpoints do not fail in lockstep.
     ``"optional"`` for ``redis`` or ``memcached`` warns and goes on without it when it cannot start.
     If anything fails, what was already started is stopped again.
     """
     started: list[Service] = []
+    pending: list[_PendingSim] = []
     try:
         remote = os.environ.get("OPENAI_BASE_URL")
-        sim_services: tuple[SimService, ...] = ()
         if not remote:
             for i, spec in enumerate(sims):
                 kwargs = {"profile": spec} if isinstance(spec, str) else dict(spec)
                 kwargs.setdefault("seed", seed + i)
                 kwargs.setdefault("timeout", timeout)
-                started.append(sim := start_sim(**kwargs))
-                sim_services += (sim,)
+                pending.append(_launch_sim(**kwargs))
+        for wait in pending:
+            started.append(wait())
+        sim_services = tuple(s for s in started if isinstance(s, SimService))
         redis_service = _maybe(start_redis, redis, started)
         memcached_service = _maybe(start_memcached, memcached, started)
     except BaseException:
         for service in reversed(started):
             service.stop()
+        for launched in pending:
+            launched.child.stop(grace=1.0)  # idempotent: those that became services are stopped already
         raise
     if remote:
         base_url, api_key = remote.rstrip("/"), os.environ.get("OPENAI_API_KEY") or SIM_API_KEY

@@ -109,6 +109,7 @@ async def test_sim_serves_a_chat_completion_through_the_openai_sdk(fresh_sim: Si
         completion = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
         )
+    assert model in fresh_sim.models
     assert completion.choices[0].message.content
     assert completion.usage is not None and completion.usage.completion_tokens > 0
 
@@ -130,9 +131,12 @@ def test_a_rejected_admin_call_raises_with_the_sims_message(fresh_sim: SimServic
         fresh_sim.set_limits(rpm=-1)
 
 
-async def test_sim_stats_count_requests(fresh_sim: SimService) -> None:
-    assert isinstance(fresh_sim.stats(), dict)
-    assert await fresh_sim.astats() == fresh_sim.stats()
+async def test_sim_stats_count_generated_tokens_until_reset(fresh_sim: SimService) -> None:
+    async with AsyncOpenAI(base_url=fresh_sim.base_url, api_key=fresh_sim.api_key, max_retries=0) as client:
+        await client.chat.completions.create(model=fresh_sim.models[0], messages=[{"role": "user", "content": "Hi"}])
+    assert (await fresh_sim.astats())["tokens_generated"] > 0
+    await fresh_sim.areset()
+    assert fresh_sim.stats()["tokens_generated"] == 0
 
 
 async def test_sim_async_admin_helpers_match_the_sync_ones(fresh_sim: SimService) -> None:

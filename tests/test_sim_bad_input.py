@@ -11,6 +11,8 @@ import httpx
 import pytest
 from spec import validate
 
+from labkit.services import SimService, start_sim
+
 API_KEY = "sk-labkit-bad-input-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
@@ -75,7 +77,7 @@ BAD_BODIES = {
 @pytest.mark.parametrize("case", list(BAD_BODIES))
 def test_bad_chat_body_gets_an_openai_error_and_the_service_keeps_serving(client, model, case):
     body, status, param = BAD_BODIES[case]
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    content = body if isinstance(body, bytes) else json.dumps(body(model)).encode()
     response = client.post("/v1/chat/completions", content=content, headers=JSON)
     error = assert_openai_error(response, status, param)
     assert error["type"] == "invalid_request_error"
@@ -152,24 +154,31 @@ def wait_for(predicate, timeout: float = 3.0) -> bool:
     return predicate()
 
 
-def read_a_few_chunks_then_hang_up(client: httpx.Client, body: dict[str, Any], chunks: int = 3) -> None:
-    """Open a stream, read `chunks` SSE events, and close the connection without reading the rest."""
-    seen = 0
-    with client.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                assert line != "data: [DONE]", "the stream ended before the client hung up"
-                seen += 1
-                if seen == chunks:
-                    break
-    # Leaving the block with the body unread closes the connection (httpx cannot reuse it).
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[SimService]:
+    """Answers of exactly 50 tokens at 50 tokens/s: a stream lasts about a second, long enough to hang up in."""
+    with start_sim("bench", seed=0, ttft=0.01, tps=50) as service:
+        yield service
 
 
-def test_client_disconnecting_mid_stream_is_counted_and_frees_its_sequence(sim, client, model):
-    disconnects_before = sim.stats()["disconnects"]
-    read_a_few_chunks_then_hang_up(client, chat(model, stream=True, max_tokens=2000))
+def test_client_disconnecting_mid_stream_is_counted_and_frees_its_sequence(slow_sim):
+    sim = slow_sim
+    with httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10) as client:
+        model = next(m["id"] for m in client.get("/models").json()["data"] if "embed" not in m["id"])
+        disconnects_before = sim.stats()["disconnects"]
+        seen = 0
+        with client.stream("POST", "/chat/completions", json=chat(model, stream=True)) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    assert line != "data: [DONE]", "the stream ended before the client hung up"
+                    seen += 1
+                    if seen == 3:
+                        assert sim.stats()["active_sequences"] == 1
+                        break
+        # Leaving the loop with the body unread closes the connection (httpx cannot reuse it).
 
-    assert wait_for(lambda: sim.stats()["disconnects"] == disconnects_before + 1), sim.stats()
-    assert wait_for(lambda: sim.stats()["active_sequences"] == 0), sim.stats()
-    assert_still_serving(client, model)
+        assert wait_for(lambda: sim.stats()["disconnects"] == disconnects_before + 1), sim.stats()
+        assert wait_for(lambda: sim.stats()["active_sequences"] == 0), sim.stats()
+        response = client.post("/chat/completions", json=chat(model, max_tokens=2))
+        assert response.status_code == 200, response.text

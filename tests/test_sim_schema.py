@@ -107,7 +107,9 @@ def test_every_streamed_chunk_matches_CreateChatCompletionStreamResponse(client,
 
 def test_first_streamed_delta_is_the_assistant_role_with_empty_content(client, chat_model):
     first = stream_chunks(client, chat_body(chat_model))[0]
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    delta = first["choices"][0]["delta"]
+    assert delta["role"] == "assistant" and delta["content"] == ""
+    assert all(value is None for key, value in delta.items() if key not in ("role", "content"))  # refusal: null
     assert first["choices"][0]["finish_reason"] is None
 
 

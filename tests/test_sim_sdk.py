@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from labkit.services import SimService, start_sim
 from labkit.tokens import count_messages, count_text
 
 API_KEY = "sk-labkit-sdk-test"
@@ -77,7 +78,7 @@ def limits(sim):
 
 def requests_seen(sim) -> int:
     """How many chat requests the service has received (served or rejected), from /admin/stats."""
-    return int(sim.stats()["requests"])
+    return int(sim.stats()["requests_total"])
 
 
 # --- plain and streamed completions -----------------------------------------------------------------------
@@ -168,7 +169,10 @@ def test_max_completion_tokens_caps_completion_tokens_too(client, model):
             {"role": "system", "content": "Answer in French."},
             {"role": "user", "name": "alice", "content": "What is the capital of Italy?"},
             {"role": "assistant", "content": "Rome."},
-            {"role": "user", "content": [{"type": "text", "text": "And of Spain? "}, {"type": "text", "text": "Thanks"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "And of Spain? "}, {"type": "text", "text": "Thanks"}],
+            },
         ],
     ],
     ids=["one-message", "chinese", "names-and-parts"],
@@ -182,11 +186,23 @@ def test_prompt_tokens_equal_labkit_count_messages(client, model, messages):
 # --- errors raise the SDK's own classes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("api_key", ["not-a-key", ""], ids=["malformed-key", "empty-key"])
-def test_bad_api_key_raises_AuthenticationError(sim, model, api_key):
-    with sdk_client(sim, api_key=api_key) as client, pytest.raises(openai.AuthenticationError) as raised:
+@pytest.fixture(scope="module")
+def keyed_sim() -> Iterator[SimService]:
+    """A service started with `--api-key`, so it accepts that one key and no other."""
+    with start_sim("fast", seed=0, api_key=API_KEY) as service:
+        yield service
+
+
+def test_wrong_api_key_raises_AuthenticationError(keyed_sim, model):
+    client = sdk_client(keyed_sim, api_key="sk-not-the-right-key")
+    with client, pytest.raises(openai.AuthenticationError) as raised:
         client.chat.completions.create(model=model, messages=MESSAGES)
     assert raised.value.code == "invalid_api_key"
+
+
+def test_the_right_api_key_is_accepted_by_a_keyed_service(keyed_sim, model):
+    with sdk_client(keyed_sim) as client:
+        assert client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1).usage is not None
 
 
 def test_missing_authorization_header_raises_AuthenticationError(client, model):
@@ -226,15 +242,6 @@ def test_insufficient_quota_raises_RateLimitError_without_retry_after(client, mo
     assert "retry-after-ms" not in raised.value.response.headers
 
 
-def test_insufficient_quota_is_not_retried_by_the_sdk(sim, model, faults):
-    faults(insufficient_quota_keys=[API_KEY])
-    before = requests_seen(sim)
-    with sdk_client(sim, max_retries=2) as client, pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model=model, messages=MESSAGES)
-    assert requests_seen(sim) - before == 1
-
-
-@pytest.mark.parametrize("status", [500, 502, 503])
 def test_injected_server_error_raises_InternalServerError(client, model, faults, status):
     faults(error_rates={str(status): 1.0})
     with pytest.raises(openai.InternalServerError) as raised:

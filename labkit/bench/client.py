@@ -124,30 +124,71 @@ class ServerCpu:
         return float(times.user + times.system)
 
 
-class LoopLag:
-    """Samples event-loop lag: how late a 10 ms sleep wakes up. Lag here is client-side delay, not server's."""
+class Sampler:
+    """Samples the client's event-loop lag (how late a 10 ms sleep wakes up: client-side delay, not the
+    server's) and, every 100 ms, the CPU both processes used, as a percentage of one core. The service runs
+    on one event loop, so 100% means it is saturated however many cores the machine has."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, server: ServerCpu, interval: float = 0.01, cpu_every: int = 10) -> None:
         self.interval = interval
-        self.samples: list[float] = []
+        self.cpu_every = cpu_every
+        self.server = server
+        self.lag: list[float] = []
+        self.client_pct: list[float] = []
+        self.server_pct: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
+        tick = 0
+        last_t, last_c, last_s = time.perf_counter(), cpu_seconds(), self.server.read()
         while True:
             start = time.perf_counter()
             await asyncio.sleep(self.interval)
-            self.samples.append(max(0.0, time.perf_counter() - start - self.interval))
+            now = time.perf_counter()
+            self.lag.append(max(0.0, now - start - self.interval))
+            tick += 1
+            if tick % self.cpu_every == 0:
+                c, srv = cpu_seconds(), self.server.read()
+                span = max(now - last_t, 1e-9)
+                self.client_pct.append(round((c - last_c) / span * 100.0, 1))
+                if srv is not None and last_s is not None:
+                    self.server_pct.append(round((srv - last_s) / span * 100.0, 1))
+                last_t, last_c, last_s = now, c, srv
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> dict[str, float | None]:
+    async def stop(self) -> tuple[dict[str, float | None], dict[str, Any]]:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        return {"p50": summary_ms(self.samples)["p50"], "p99": summary_ms(self.samples)["p99"],
-                "max": summary_ms(self.samples)["max"]}  # fmt: skip
+        lag = summary_ms(self.lag)
+        timeline = {
+            "interval_ms": round(self.interval * self.cpu_every * 1000),
+            "client_cpu_pct_of_core": self.client_pct,
+            "server_cpu_pct_of_core": self.server_pct,
+        }
+        return {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]}, timeline
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine spent busy (all cores, every process), or None without psutil."""
+    try:
+        import psutil
+
+        t = psutil.cpu_times()
+    except Exception:
+        return None
+    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already counted in user and nice
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - guest)
+
+
+def other_cpu(busy0: float | None, busy1: float | None, client: float, server: float | None) -> float | None:
+    """CPU that other processes used during the measurement: non-zero means the machine was not quiet."""
+    if busy0 is None or busy1 is None or server is None:
+        return None
+    return round(max(0.0, busy1 - busy0 - client - server), 3)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -321,7 +362,6 @@ async def run_streams(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.api_key}", "Content-Type": "application/json"}
     server = ServerCpu(args.server_pid)
     out = StreamResults()
-    lag = LoopLag()
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         warm: dict[str, Any] | None = None
         if not args.cold:
@@ -331,17 +371,18 @@ async def run_streams(args: argparse.Namespace) -> dict[str, Any]:
         gate = asyncio.Event()
         tasks = [asyncio.ensure_future(_one_stream(session, url, body, stream_timeout, gate, out)) for _ in range(n)]
         await asyncio.sleep(0)  # every task is parked on the gate before it opens
-        lag.start()
-        cpu0, srv0 = cpu_seconds(), server.read()
+        sampler = Sampler(server)
+        sampler.start()
+        busy0, cpu0, srv0 = machine_busy_seconds(), cpu_seconds(), server.read()
         t0 = time.perf_counter()
         gate.set()
         _, pending = await asyncio.wait(tasks, timeout=ideal_total + args.timeout + 5)
         wall = time.perf_counter() - t0
-        cpu1, srv1 = cpu_seconds(), server.read()
+        cpu1, srv1, busy1 = cpu_seconds(), server.read(), machine_busy_seconds()
         for task in pending:  # cannot happen with per-request timeouts; counted if it does
             task.cancel()
             out.errors["unfinished"] += 1
-        loop_lag = await lag.stop()
+        loop_lag, cpu_timeline = await sampler.stop()
     completions = len(out.total)
     client_cpu = cpu1 - cpu0
     server_cpu = None if srv0 is None or srv1 is None else srv1 - srv0
@@ -367,7 +408,9 @@ async def run_streams(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_per_stream_us": None if server_cpu is None else round(server_cpu / per * 1e6, 1),
         "client_cpu_per_chunk_us": round(client_cpu / max(out.chunks, 1) * 1e6, 2),
         "server_cpu_per_chunk_us": None if server_cpu is None else round(server_cpu / max(out.chunks, 1) * 1e6, 2),
+        "other_cpu_s": other_cpu(busy0, busy1, client_cpu, server_cpu),
         "client_loop_lag_ms": loop_lag,
+        "cpu_timeline": cpu_timeline,
         "wall_s": round(wall, 3),
         "connections_warm": not args.cold,
         "warmup": warm,
@@ -471,11 +514,11 @@ async def run_plain(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         await asyncio.wait_for(asyncio.gather(*(warm_one() for _ in range(args.concurrency))), args.timeout)
-        cpu0, srv0 = cpu_seconds(), server.read()
+        busy0, cpu0, srv0 = machine_busy_seconds(), cpu_seconds(), server.read()
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(args.concurrency))), args.timeout)
         wall = time.perf_counter() - t0
-        cpu1, srv1 = cpu_seconds(), server.read()
+        cpu1, srv1, busy1 = cpu_seconds(), server.read(), machine_busy_seconds()
     finally:
         await close()
     ok = len(latencies)
@@ -496,6 +539,7 @@ async def run_plain(args: argparse.Namespace) -> dict[str, Any]:
         "client_cpu_per_request_ms": round(client_cpu / max(ok, 1) * 1e3, 3),
         "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
         "server_cpu_per_request_ms": None if server_cpu is None else round(server_cpu / max(ok, 1) * 1e3, 3),
+        "other_cpu_s": other_cpu(busy0, busy1, client_cpu, server_cpu),
         "connections_warm": True,
         "warmup_requests": args.concurrency,
     }

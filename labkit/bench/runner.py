@@ -37,6 +37,7 @@ from typing import Any
 from labkit.bench.client import PLAIN_MODES, raise_nofile_limit
 
 SCHEMA_VERSION = 1
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LEVELS = (100, 500, 1000, 2000)
 QUICK_LEVELS = (50, 200)
 DEFAULT_OUT = Path("build/bench")
@@ -53,6 +54,9 @@ SIM_RPM = 10_000_000
 SIM_TPM = 10_000_000_000
 
 SDK_PROFILE = "fast"
+# No simulated latency for the plain calls (first token at once, 16 tokens in well under a millisecond):
+# the rate is then bound by CPU, which is what the comparison is about.
+SDK_SIM_OPTIONS: dict[str, Any] = {"ttft": 0.0, "tps": 100_000.0}
 SDK_CONCURRENCY = 64
 SDK_REQUESTS = 2000
 SDK_REQUESTS_QUICK = 300
@@ -71,6 +75,8 @@ TARGETS: tuple[tuple[int, str, tuple[str, ...], str, float], ...] = (
     (1000, "added total time p50 under 500 ms", ("total_added_ms", "p50"), "<", 500.0),
     (2000, "no errors", ("errors",), "==", 0),
 )
+
+QUIET_SHARE = 0.10  # other processes' share of the machine's CPU above which a run is flagged as not quiet
 
 WARM_NOTE = (
     "connections warm: before the barrier the client opens its N connections with N concurrent GET /v1/models "
@@ -99,6 +105,17 @@ def reset_service(service: Any) -> None:
     service.reset()
 
 
+def service_profile(service: Any) -> dict[str, Any]:
+    """The latency profile in force, overrides applied (GET /admin/profile)."""
+    import httpx
+
+    response = httpx.get(
+        f"{service.url}/admin/profile", headers={"Authorization": f"Bearer {service.api_key}"}, timeout=10.0
+    )
+    response.raise_for_status()
+    return response.json()
+
+
 def service_stats(service: Any) -> Any:
     """The service's counters (GET /admin/stats), or an error note: stats are informative, never fatal."""
     try:
@@ -113,7 +130,9 @@ def service_stats(service: Any) -> Any:
 def run_client(args: Sequence[str], timeout: float) -> dict[str, Any]:
     """Run one load-client process and return the JSON line it printed."""
     command = [sys.executable, "-m", "labkit.bench", "client", *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    env = dict(os.environ)  # this labkit importable from any working directory
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"load client failed (exit {proc.returncode}): {shlex.join(command)}\n{proc.stderr[-4000:]}")
@@ -220,7 +239,7 @@ def streams_table(report: dict[str, Any]) -> str:
     header = (
         f"{'streams':>7} {'done':>5} {'err':>4} | {'+TTFT ms p50':>12} {'p95':>6} {'p99':>6} | "
         f"{'+total ms p50':>13} {'p95':>6} {'p99':>6} | "
-        f"{'cli CPU s':>9} {'srv CPU s':>9} {'us/stream':>9} | {'wall s':>6}"
+        f"{'cli CPU s':>9} {'srv CPU s':>9} {'us/stream':>9} {'other CPU s':>11} | {'wall s':>6}"
     )
     rows = [header, "-" * len(header)]
     for lv in report["levels"]:
@@ -229,8 +248,10 @@ def streams_table(report: dict[str, Any]) -> str:
             f"{lv['concurrency']:>7} {lv['completions']:>5} {lv['errors']:>4} | {_fmt(t['p50']):>12} "
             f"{_fmt(t['p95']):>6} {_fmt(t['p99']):>6} | {_fmt(tot['p50']):>13} {_fmt(tot['p95']):>6} "
             f"{_fmt(tot['p99']):>6} | {_fmt(lv['client_cpu_s'], 2):>9} {_fmt(lv['server_cpu_s'], 2):>9} "
-            f"{_fmt(lv['cpu_per_stream_us']):>9} | {_fmt(lv['wall_s'], 2):>6}"
+            f"{_fmt(lv['cpu_per_stream_us']):>9} {_fmt(lv.get('other_cpu_s'), 2):>11} | {_fmt(lv['wall_s'], 2):>6}"
         )
+    if report.get("machine_quiet") is False:
+        rows.append("WARNING: other processes used the CPU during the run (other CPU s); the figures are not clean")
     for target in report["targets"]:
         state = {True: "met", False: "NOT met", None: "not run"}[target["met"]]
         rows.append(
@@ -241,14 +262,28 @@ def streams_table(report: dict[str, Any]) -> str:
 
 
 def sdk_table(report: dict[str, Any]) -> str:
-    header = f"{'transport':<48} {'req/s':>7} {'client CPU ms/req':>17} {'server ms/req':>13} {'errors':>6}"
+    header = (
+        f"{'transport':<48} {'req/s':>7} {'client CPU ms/req':>17} {'server ms/req':>13} {'errors':>6} "
+        f"{'other CPU s':>11}"
+    )
     rows = [header, "-" * len(header)]
     for c in report["clients"]:
         rows.append(
             f"{c['label']:<48} {_fmt(c['requests_per_s']):>7} {_fmt(c['client_cpu_per_request_ms'], 3):>17} "
-            f"{_fmt(c['server_cpu_per_request_ms'], 3):>13} {c['errors']:>6}"
+            f"{_fmt(c['server_cpu_per_request_ms'], 3):>13} {c['errors']:>6} {_fmt(c.get('other_cpu_s'), 2):>11}"
         )
+    if report.get("machine_quiet") is False:
+        rows.append("WARNING: other processes used the CPU during the run (other CPU s); the figures are not clean")
     return "\n".join(rows)
+
+
+def machine_quiet(measurements: Sequence[dict[str, Any]]) -> bool | None:
+    """Whether other processes stayed under 10% of the machine's CPU during every measurement."""
+    cpus = os.cpu_count() or 1
+    verdicts = [
+        m["other_cpu_s"] <= QUIET_SHARE * cpus * m["wall_s"] for m in measurements if m.get("other_cpu_s") is not None
+    ]
+    return all(verdicts) if verdicts else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -266,6 +301,9 @@ def run_streams_benchmark(
 ) -> dict[str, Any]:
     results = []
     with simulated_service(BENCH_PROFILE, seed) as service:
+        profile = service_profile(service)
+        if (profile.get("ttft_s"), profile.get("output_tokens_per_s")) != (BENCH_TTFT_S, 1 / BENCH_ITL_S):
+            raise RuntimeError(f"profile {BENCH_PROFILE!r} is not what the benchmark assumes: {profile}")
         for concurrency in levels:
             print(f"[bench] {concurrency} concurrent streams ...", file=sys.stderr, flush=True)
             results.append(stream_level(service, concurrency, cold=cold, settle_s=settle_s))
@@ -288,6 +326,14 @@ def run_streams_benchmark(
             "tokens": BENCH_TOKENS,
             "ideal_total_s": round(IDEAL_TOTAL_S, 3),
             "ideal_total_formula": IDEAL_TOTAL_FORMULA,
+            "ideal_total_why": (
+                "labkit.sim releases the role chunk together with the first token at TTFT after the request "
+                "arrives, then one token per inter-token interval on absolute deadlines, and [DONE] right "
+                "after the last token: 50 tokens span 49 intervals"
+            ),
+            "rpm": SIM_RPM,
+            "tpm": SIM_TPM,
+            "max_sequences": profile.get("max_sequences"),
         },
         "client": {
             "library": "aiohttp",
@@ -297,6 +343,7 @@ def run_streams_benchmark(
             "ttft": "first chunk with non-empty delta.content, from the stream's own request start (perf_counter)",
             "total": "data: [DONE], from the stream's own request start",
         },
+        "machine_quiet": machine_quiet(results),
         "levels": results,
         "targets": targets,
         "all_targets_met": all(evaluated) if evaluated else None,
@@ -305,7 +352,8 @@ def run_streams_benchmark(
 
 def run_sdk_benchmark(requests: int, *, seed: int, settle_s: float, command: str) -> dict[str, Any]:
     clients = []
-    with simulated_service(SDK_PROFILE, seed) as service:
+    with simulated_service(SDK_PROFILE, seed, **SDK_SIM_OPTIONS) as service:
+        profile = service_profile(service)
         for transport in PLAIN_MODES:
             print(f"[bench] {requests} plain calls via {transport} ...", file=sys.stderr, flush=True)
             clients.append(plain_level(service, transport, requests, settle_s))
@@ -315,7 +363,15 @@ def run_sdk_benchmark(requests: int, *, seed: int, settle_s: float, command: str
         "command": command,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "sim": {"profile": SDK_PROFILE, "seed": seed},
+        "sim": {
+            "profile": SDK_PROFILE,
+            "seed": seed,
+            "overrides": SDK_SIM_OPTIONS,
+            "ttft_s": profile.get("ttft_s"),
+            "output_tokens_per_s": profile.get("output_tokens_per_s"),
+            "rpm": SIM_RPM,
+            "tpm": SIM_TPM,
+        },
         "concurrency": SDK_CONCURRENCY,
         "requests": requests,
         "note": (
@@ -323,6 +379,7 @@ def run_sdk_benchmark(requests: int, *, seed: int, settle_s: float, command: str
             "transport in a fresh process, one unmeasured warm-up call per worker first; client CPU from "
             "getrusage over the measured calls only"
         ),
+        "machine_quiet": machine_quiet(clients),
         "clients": clients,
     }
 

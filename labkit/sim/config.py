@@ -56,8 +56,11 @@ class Profile:
         """The profile as JSON for /admin/profile, overrides applied."""
         d = dict(self.raw)
         d.update(
-            name=self.name, ttft_s=self.ttft_s, output_tokens_per_s=self.output_tokens_per_s,
-            max_sequences=self.max_sequences, max_queue=self.max_queue,
+            name=self.name,
+            ttft_s=self.ttft_s,
+            output_tokens_per_s=self.output_tokens_per_s,
+            max_sequences=self.max_sequences,
+            max_queue=self.max_queue,
         )
         return d
 

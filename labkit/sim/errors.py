@@ -103,7 +103,9 @@ def insufficient_quota() -> APIError:
 
 def server_error() -> APIError:
     return APIError(
-        500, "The server had an error while processing your request. Sorry about that!", "server_error",
+        500,
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
         code="server_error",
     )
 
@@ -118,7 +120,9 @@ def overloaded() -> APIError:
 
 def service_unavailable() -> APIError:
     return APIError(
-        503, "The service is temporarily unable to accept requests (queue full).", "server_error",
+        503,
+        "The service is temporarily unable to accept requests (queue full).",
+        "server_error",
         code="service_unavailable",
     )
 

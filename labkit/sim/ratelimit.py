@@ -56,7 +56,7 @@ def _positive_int(value: Any, name: str) -> int:
 class _Bucket:
     """Token-bucket state of one key: levels of both buckets at time `t`."""
 
-    __slots__ = ("req", "tok", "t")
+    __slots__ = ("req", "t", "tok")
 
     def __init__(self, limits: Limits, now: float) -> None:
         self.req = float(limits.rpm)
@@ -81,8 +81,9 @@ class RateLimiter:
         keys: dict[str, dict[str, int]] | None = None,
         default_completion_estimate: int = DEFAULT_COMPLETION_ESTIMATE,
     ) -> None:
-        self.replace({"rpm": rpm, "tpm": tpm, "keys": keys or {},
-                      "default_completion_estimate": default_completion_estimate})
+        self.replace(
+            {"rpm": rpm, "tpm": tpm, "keys": keys or {}, "default_completion_estimate": default_completion_estimate}
+        )
 
     def config(self) -> dict[str, Any]:
         return {
@@ -118,8 +119,9 @@ class RateLimiter:
                     _positive_int(lim.get("tpm", default.tpm), f"keys.{key}.tpm"),
                 )
         estimate = _positive_int(
-            raw.get("default_completion_estimate", getattr(self, "default_completion_estimate",
-                                                           DEFAULT_COMPLETION_ESTIMATE)),
+            raw.get(
+                "default_completion_estimate", getattr(self, "default_completion_estimate", DEFAULT_COMPLETION_ESTIMATE)
+            ),
             "default_completion_estimate",
         )
         self._default = default

@@ -21,7 +21,27 @@ import orjson
 
 from labkit.tokens import encoding_for, message_text
 
-_WORDS = ["the", "a", "an", "of", "to", "in", "for", "on", "with", "by", "from", "as", "at", "about", "into", "over", "after", "before", "between", "through", "under", "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "do", "does", "can", "could", "should", "would", "may", "might", "will", "must", "this", "that", "these", "those", "it", "its", "their", "our", "your", "his", "her", "they", "we", "you", "he", "she", "one", "two", "three", "many", "most", "more", "less", "some", "each", "every", "other", "such", "same", "new", "first", "last", "next", "best", "good", "high", "low", "large", "small", "fast", "slow", "simple", "clear", "important", "main", "common", "useful", "likely", "possible", "different", "similar", "early", "recent", "data", "model", "system", "server", "client", "request", "response", "time", "token", "tokens", "cache", "memory", "network", "latency", "throughput", "stream", "streaming", "batch", "batches", "queue", "limit", "limits", "rate", "error", "errors", "retry", "value", "result", "results", "answer", "question", "example", "case", "cases", "step", "steps", "way", "part", "point", "number", "order", "level", "cost", "price", "user", "users", "service", "services", "process", "work", "design", "test", "tests", "code", "file", "files", "call", "calls", "page", "pages", "text", "word", "words", "list", "table", "query", "queries", "report", "value", "values", "change", "changes", "problem", "problems", "idea", "method", "approach", "reason", "reasons", "effect", "effects", "use", "uses", "need", "needs", "run", "runs", "make", "makes", "take", "takes", "give", "gives", "show", "shows", "find", "finds", "keep", "keeps", "help", "helps", "start", "starts", "send", "sends", "read", "reads", "write", "also", "only", "just", "even", "still", "then", "when", "while", "because", "since", "so", "but", "and", "or", "not", "if", "than", "very", "much", "well", "often", "usually", "first", "second", "third", "finally", "however", "therefore", "instead", "overall", "simply", "quickly", "directly", "important", "typically", "generally", "especially", "rather", "fairly", "quite", "enough", "across", "within", "without", "around", "capital", "city", "country", "world", "history", "science", "language", "people", "place", "area", "power", "energy", "water", "light", "computer", "software", "hardware", "application", "program", "function", "variable", "input", "output", "option", "options", "performance", "efficient", "reliable", "stable", "robust", "careful", "measure", "measures", "measured", "average", "median"]
+_WORD_LIST = """
+the a an of to in for on with by from as at about into over after before between through under is
+are was were be been being has have had do does can could should would may might will must this
+that these those it its their our your his her they we you he she one two three many most more less
+some each every other such same new first last next best good high low large small fast slow simple
+clear important main common useful likely possible different similar early recent data model system
+server client request response time token tokens cache memory network latency throughput stream
+streaming batch batches queue limit limits rate error errors retry value result results answer
+question example case cases step steps way part point number order level cost price user users
+service services process work design test tests code file files call calls page pages text word
+words list table query queries report value values change changes problem problems idea method
+approach reason reasons effect effects use uses need needs run runs make makes take takes give
+gives show shows find finds keep keeps help helps start starts send sends read reads write also
+only just even still then when while because since so but and or not if than very much well often
+usually first second third finally however therefore instead overall simply quickly directly
+important typically generally especially rather fairly quite enough across within without around
+capital city country world history science language people place area power energy water light
+computer software hardware application program function variable input output option options
+performance efficient reliable stable robust careful measure measures measured average median
+"""
+_WORDS = _WORD_LIST.split()
 
 _STARTERS = ["The", "This", "In", "Yes", "Here", "To", "When", "It", "For", "Most", "A", "Each"]
 _STOP = set(_WORDS) | {"what", "which", "please", "answer", "briefly", "explain", "tell", "there", "here"}
@@ -61,6 +81,7 @@ class TokenPool:
         self.period = self._add(".")
         self.comma = self._add(",")
         assert self.starters and self.lower and self.upper and self.period is not None and self.comma is not None
+        self._build_corpus()
 
     def _add(self, piece: str) -> int | None:
         """Index of `piece` in the pool if it is exactly one token (added on first sight), else None."""
@@ -94,34 +115,43 @@ class TokenPool:
                     break
         return seen
 
-    def generate(self, rng: random.Random, n: int, topic: Sequence[int] = ()) -> list[int]:
-        """`n` piece indices forming sentences: a capitalised start, 5-14 words, commas, a full stop."""
+    def _build_corpus(self, size: int = 50_000) -> None:
+        """A long fixed text (sentences: capitalised start, 5-14 words, commas, a full stop) that answers
+        are cut from, so an answer costs a slice instead of a random draw per token."""
+        rng = random.Random(0x5EED)
         out: list[int] = []
-        choice, rand = rng.choice, rng.random
-        words_left = 0
-        while len(out) < n:
-            if words_left == 0:
-                if out:
-                    out.append(self.period)  # type: ignore[arg-type]
-                    if len(out) >= n:
-                        break
-                    out.append(choice(self.upper))
-                else:
-                    out.append(choice(self.starters))
-                words_left = rng.randint(5, 14)
-                continue
-            r = rand()
-            if topic and r < 0.18:
-                out.append(choice(topic))
-            elif r > 0.93 and words_left > 2 and out[-1] != self.comma:
-                out.append(self.comma)  # type: ignore[arg-type]
-                continue
-            else:
-                out.append(choice(self.lower))
-            words_left -= 1
-        if n > 1 and out[-1] != self.period:
-            out[-1] = self.period  # type: ignore[assignment]
-        return out[:n]
+        starts: list[int] = []
+        while len(out) < size:
+            starts.append(len(out))
+            out.append(rng.choice(self.upper if out else self.starters))
+            for _ in range(rng.randint(5, 14)):
+                if rng.random() > 0.93 and out[-1] != self.comma:
+                    out.append(self.comma)  # type: ignore[arg-type]
+                out.append(rng.choice(self.lower))
+            out.append(self.period)  # type: ignore[arg-type]
+        self._corpus = out
+        self._starts = starts
+        self._is_lower = set(self.lower)
+
+    def generate(self, rng: random.Random, n: int, topic: Sequence[int] = ()) -> list[int]:
+        """`n` piece indices of sentence-like text starting at a random sentence, with about one word in
+        eight replaced by a topic word of the prompt; it ends with a full stop."""
+        corpus = self._corpus
+        start = self._starts[rng.randrange(len(self._starts) // 2)]  # the second half is spare room
+        if start + n <= len(corpus):
+            out = corpus[start : start + n]
+        else:  # longer than the corpus: repeat it
+            out = (corpus[start:] + corpus * (n // len(corpus) + 1))[:n]
+        if topic and n > 2:
+            is_lower, randrange, choice = self._is_lower, rng.randrange, rng.choice
+            for _ in range(n // 8):
+                i = randrange(1, n)
+                if out[i] in is_lower:
+                    out[i] = choice(topic)
+        out[0] = rng.choice(self.starters)  # the corpus' sentences start with a space: the answer does not
+        if n > 1:
+            out[-1] = self.period  # type: ignore[call-overload]
+        return out
 
     def text(self, ids: Sequence[int]) -> str:
         pieces = self.pieces

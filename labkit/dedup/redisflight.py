@@ -1,0 +1,228 @@
+"""Coalescing across processes through Redis: several workers behind one Redis send one upstream call.
+
+For a request with fingerprint `k` (all keys under `namespace`):
+
+1. ``GET result:k``: a result stored in the last `result_ttl_s` seconds is served (a late subscriber must
+   not miss the answer it was waiting for);
+2. ``SET lock:k <token> NX PX lock_ttl``: the one process that wins is the *leader*. It calls upstream
+   (refreshing its lock while it waits, so a slow answer does not lose it), then in one Lua script stores
+   the result under a short TTL, ``PUBLISH``es it on ``done:k`` and releases the lock if it still holds it;
+3. everybody else is a *follower*: it ``SUBSCRIBE``s to ``done:k``, checks ``result:k`` once more (the
+   answer may have been published before it subscribed), and waits for the message. If the lock disappears
+   without a result (the leader died, its lock expired, or it was cancelled) a follower starts over, and one
+   of them becomes the next leader.
+
+Results travel as JSON (`ChatCompletion.model_dump`), never pickle: a shared Redis must not be able to run
+code in every worker. An upstream error is published to the waiting followers (they raise `UpstreamError`)
+but never stored, so the next request goes upstream again. Streams and `SamplingPolicy.keep(n>1)` requests
+pass through untouched; put the in-process `SingleFlight` in front so one process holds at most one Redis wait
+per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from openai.types.chat import ChatCompletion
+from redis.asyncio import Redis
+
+from labkit.chain import Handler, Result
+from labkit.dedup.policy import SamplingPolicy, key_of
+from labkit.request import ChatRequest
+from labkit.stream import ChunkStream
+
+# KEYS: lock, result. ARGV: token, payload, result ttl (ms), channel, store (1/0)
+_FINISH = """
+if ARGV[5] == '1' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: lock. ARGV: token, ttl (ms)
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RETRY = orjson.dumps({"retry": True})
+
+
+class UpstreamError(RuntimeError):
+    """The leader's upstream call failed; followers in other processes raise this copy of its error."""
+
+    def __init__(
+        self, message: str, *, type_name: str, status_code: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.status_code = status_code
+        self.code = code
+
+
+def encode_result(completion: ChatCompletion) -> bytes:
+    return orjson.dumps({"result": completion.model_dump(mode="json")})
+
+
+def encode_error(error: BaseException) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "type": type(error).__name__,
+                "message": str(error),
+                "status_code": getattr(error, "status_code", None),
+                "code": getattr(error, "code", None),
+            }
+        }
+    )
+
+
+def decode(payload: bytes) -> ChatCompletion | None:
+    """The completion in a payload; raises `UpstreamError` for an error, returns None for "start over"."""
+    document: dict[str, Any] = orjson.loads(payload)
+    if "result" in document:
+        return ChatCompletion.model_validate(document["result"])
+    if "error" in document:
+        error = document["error"]
+        raise UpstreamError(
+            error.get("message", ""),
+            type_name=error.get("type", "Error"),
+            status_code=error.get("status_code"),
+            code=error.get("code"),
+        )
+    return None
+
+
+@dataclasses.dataclass
+class RedisFlightStats:
+    """`upstream_calls` (led) + `coalesced` (got the published answer) + `late_hits` (got the stored one)."""
+
+    requests: int = 0
+    upstream_calls: int = 0
+    coalesced: int = 0
+    late_hits: int = 0
+    restarts: int = 0
+    bypassed: int = 0
+    upstream_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class RedisSingleFlight:
+    """Coalesce identical plain requests across processes that share one Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        policy: SamplingPolicy | None = None,
+        key: Callable[[ChatRequest], str] = key_of,
+        namespace: str = "labkit:sf",
+        lock_ttl_s: float = 10.0,
+        result_ttl_s: float = 5.0,
+        wait_timeout_s: float = 120.0,
+        poll_s: float = 0.25,
+    ) -> None:
+        self.redis = redis
+        self.policy = policy or SamplingPolicy()
+        self.key = key
+        self.namespace = namespace
+        self.lock_ttl_ms = max(1, int(lock_ttl_s * 1000))
+        self.result_ttl_ms = max(1, int(result_ttl_s * 1000))
+        self.wait_timeout_s = wait_timeout_s
+        self.poll_s = poll_s
+        self.stats = RedisFlightStats()
+        self._finish = redis.register_script(_FINISH)
+        self._refresh = redis.register_script(_REFRESH)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisSingleFlight:
+        return cls(Redis.from_url(url), **options)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    def names(self, key: str) -> tuple[str, str, str]:
+        """The lock key, the result key and the channel of one fingerprint."""
+        return f"{self.namespace}:lock:{key}", f"{self.namespace}:result:{key}", f"{self.namespace}:done:{key}"
+
+    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+        self.stats.requests += 1
+        if request.stream or self.policy.slots(request) != 1:
+            self.stats.bypassed += 1
+            return await call_next(request)
+        lock, result_key, channel = self.names(self.key(request))
+        deadline = asyncio.get_running_loop().time() + self.wait_timeout_s
+        while True:
+            stored = await self.redis.get(result_key)
+            if stored is not None and (completion := decode(stored)) is not None:
+                self.stats.late_hits += 1
+                return completion
+            token = secrets.token_hex(8)
+            if await self.redis.set(lock, token, nx=True, px=self.lock_ttl_ms):
+                self.stats.upstream_calls += 1
+                return await self._lead(request, call_next, lock, result_key, channel, token)
+            completion = await self._follow(lock, result_key, channel, deadline)
+            if completion is not None:
+                return completion
+            self.stats.restarts += 1
+
+    async def _lead(
+        self, request: ChatRequest, call_next: Handler, lock: str, result_key: str, channel: str, token: str
+    ) -> ChatCompletion:
+        keeper = asyncio.create_task(self._keep_lock(lock, token))
+        try:
+            result = await call_next(request)
+            if isinstance(result, ChunkStream):
+                result = await result.collect()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # let a follower take over at once
+                await self._finish(keys=[lock, result_key], args=[token, _RETRY, self.result_ttl_ms, channel, 0])
+            raise
+        except Exception as error:
+            self.stats.upstream_errors += 1
+            await self._finish(keys=[lock, result_key], args=[token, encode_error(error), 1, channel, 0])
+            raise
+        finally:
+            keeper.cancel()
+        await self._finish(keys=[lock, result_key], args=[token, encode_result(result), self.result_ttl_ms, channel, 1])
+        return result
+
+    async def _keep_lock(self, lock: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl_ms / 3000)
+            if not await self._refresh(keys=[lock], args=[token, self.lock_ttl_ms]):
+                return
+
+    async def _follow(self, lock: str, result_key: str, channel: str, deadline: float) -> ChatCompletion | None:
+        """Wait for the leader's message; None means the leader is gone and the caller should start over."""
+        loop = asyncio.get_running_loop()
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            stored = await self.redis.get(result_key)  # published before we subscribed?
+            if stored is not None:
+                self.stats.late_hits += 1
+                return decode(stored)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
+                if message is None and not await self.redis.exists(lock):
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+                    if message is None:
+                        return None
+                if message is not None:
+                    completion = decode(message["data"])
+                    if completion is not None:
+                        self.stats.coalesced += 1
+                    return completion
+                if loop.time() > deadline:
+                    raise TimeoutError(f"no answer for {channel} after {self.wait_timeout_s:g} s")
+
+
+__all__ = ["RedisFlightStats", "RedisSingleFlight", "UpstreamError", "decode", "encode_error", "encode_result"]

@@ -1,0 +1,124 @@
+"""Command line: run one simulator instance as its own process.
+
+Prints exactly one line, `labkit.sim ready on http://HOST:PORT`, once it listens (labkit.services waits
+for it), exits on SIGTERM/SIGINT, and with --parent-pid exits when that process is gone, so a crashed
+notebook kernel leaves no orphan servers behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from labkit.sim import READY_PREFIX, SimConfig, load_profile, serve
+from labkit.sim.faults import FaultConfigError, validate
+
+
+def _faults_arg(value: str) -> dict[str, Any]:
+    """--faults takes inline JSON or a path to a JSON file."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        text = Path(value).read_text(encoding="utf-8")
+    try:
+        cfg = json.loads(text)
+        validate(cfg)
+    except (json.JSONDecodeError, FaultConfigError) as e:
+        raise argparse.ArgumentTypeError(f"invalid fault config: {e}") from None
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m labkit.sim", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0: let the OS choose (printed on the ready line)")
+    ap.add_argument("--profile", default="gpt-4o-class", help="a profile of data/profiles.json")
+    ap.add_argument("--profiles", type=Path, default=None, help="another profiles file")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--rpm", type=int, default=None, help="requests per minute per API key")
+    ap.add_argument("--tpm", type=int, default=None, help="tokens per minute per API key")
+    ap.add_argument("--ttft", type=float, default=None, help="override the profile's base TTFT (s)")
+    ap.add_argument("--tps", type=float, default=None, help="override the profile's output tokens/s per stream")
+    ap.add_argument("--max-sequences", type=int, default=None, help="override concurrent sequences")
+    ap.add_argument("--api-key", action="append", default=None, help="accept only these keys (repeatable)")
+    ap.add_argument("--faults", type=_faults_arg, default=None, help="initial fault config: JSON or a path")
+    ap.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    return ap.parse_args(argv)
+
+
+def _alive(pid: int, original_ppid: int) -> bool:
+    if pid == original_ppid and os.getppid() != pid:
+        return False  # we were re-parented: our parent died
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    original_ppid = os.getppid()
+    while not stop.is_set():
+        if not _alive(pid, original_ppid):
+            stop.set()
+            return
+        await asyncio.sleep(1.0)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    config = SimConfig(
+        profile=args.profile,
+        seed=args.seed,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        api_keys=frozenset(args.api_key) if args.api_key else None,
+        faults=args.faults,
+        ttft_s=args.ttft,
+        tps=args.tps,
+        max_sequences=args.max_sequences,
+        max_body_bytes=args.max_body_bytes,
+        profiles_path=args.profiles,
+    )
+    runner, port = await serve(config, args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    sys.stdout.write(f"{READY_PREFIX}http://{host}:{port}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        load_profile(args.profile, args.profiles)
+    except (KeyError, OSError, ValueError) as e:
+        sys.exit(f"python -m labkit.sim: error: {e}")
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_main(args))
+    else:
+        uvloop.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Command line: `python -m labkit.webchat --port 0 --upstream http://127.0.0.1:PORT/v1`.
+
+Prints one line, `labkit.webchat ready on http://HOST:PORT`, once it listens; exits on SIGTERM/SIGINT, and
+with --parent-pid when that process is gone (so a crashed notebook kernel leaves no orphan server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from labkit.endpoint import LOCAL_API_KEY
+from labkit.webchat.app import create_app, serve
+
+READY_PREFIX = "labkit.webchat ready on "
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m labkit.webchat", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0: let the OS choose (printed on the ready line)")
+    ap.add_argument(
+        "--upstream",
+        default=os.environ.get("OPENAI_BASE_URL"),
+        help="base URL of the OpenAI-compatible service, ending in /v1 (default: $OPENAI_BASE_URL)",
+    )
+    ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY)
+    ap.add_argument("--model", default="gpt-4o")
+    ap.add_argument("--max-tokens", type=int, default=400, help="default cap on an answer's length")
+    ap.add_argument("--first-token-timeout", type=float, default=30.0, help="seconds (0: none)")
+    ap.add_argument("--total-timeout", type=float, default=300.0, help="seconds for a whole answer (0: none)")
+    ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    args = ap.parse_args(argv)
+    if not args.upstream:
+        ap.error("--upstream (or OPENAI_BASE_URL) is required")
+    return args
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(1.0)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    app = create_app(
+        args.upstream,
+        api_key=args.api_key,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        first_token_timeout_s=args.first_token_timeout or None,
+        total_timeout_s=args.total_timeout or None,
+    )
+    runner, port = await serve(app, args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    sys.stdout.write(f"{READY_PREFIX}http://{host}:{port}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(_main(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""02_dedup: the canonical key, single-flight (plain, streamed, errors, cancellation), Redis across processes,
+and the workload measurement, executed with papermill at small sizes."""
+
+import pytest
+
+from nbrun import run_notebook
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return run_notebook(
+        "02_dedup",
+        tmp_path_factory.mktemp("nb02"),
+        PROFILE="fast",
+        MODEL="gpt-4o",
+        MAX_TOKENS=20,
+        N_CONCURRENT=8,
+        N_WORKERS=2,
+        WORKER_REQUESTS=2,
+        N_REQUESTS=40,
+        N_DISTINCT=60,
+        BURST_SIZE=10,
+        BURST_GAP_S=0.05,
+        SWEEP_EXPONENTS=[0.0, 2.0],
+        SWEEP_REQUESTS=30,
+    )
+
+
+def test_prompt_only_key_serves_wrong_answers_and_the_canonical_key_does_not(results):
+    fp = results["fingerprint"]
+    assert fp["naive_wrong"] == fp["needs_own_answer"] >= 4
+    assert fp["labkit_wrong"] == 0
+    assert fp["volatile_shared"] == 3
+
+
+def test_sampling_policy_decides_how_many_upstream_calls(results):
+    calls = {row["policy"]: row["upstream calls"] for row in results["sampling"]}
+    assert calls == {"skip": 5, "share": 1, "keep(2)": 2}
+
+
+def test_identical_concurrent_requests_make_one_upstream_call(results):
+    c = results["coalesce"]
+    assert c["upstream_calls_with"] == 1
+    assert c["layer_upstream_calls"] == 1
+    assert c["coalesced"] == c["n_concurrent"] - 1
+    assert c["upstream_calls_without"] == c["n_concurrent"]
+    assert c["same_answer"]
+
+
+def test_one_stream_is_fanned_out_to_every_reader(results):
+    s = results["stream"]
+    assert s["upstream_calls"] == 1
+    assert s["same_text"]
+    assert len(set(s["chunks"])) == 1
+
+
+def test_errors_reach_every_waiter_and_are_not_cached(results):
+    e = results["errors"]
+    assert e["waiters_with_error"] == e["waiters"]
+    assert e["upstream_calls_for_the_burst"] == 1
+    assert e["retry_ok"] and e["upstream_calls_after_retry"] == 2
+
+
+def test_leaving_readers_do_not_cancel_the_others(results):
+    c = results["cancel"]
+    assert c["upstream_cancelled_while_one_reader_stayed"] == 0
+    assert c["early_readers_chunks"] == [3, 5] and c["full_reader_chunks"] > 5
+
+
+def test_redis_coalesces_across_worker_processes(results):
+    rounds = {r["mode"]: r for r in results["redis"]["rounds"]}
+    workers, per_worker = results["redis"]["workers"], results["redis"]["requests_per_worker"]
+    assert all(r["errors"] == 0 and r["distinct_answers"] == 1 for r in rounds.values())
+    assert rounds["none"]["upstream_calls"] == workers * per_worker
+    assert rounds["local"]["upstream_calls"] == workers
+    assert rounds["redis"]["upstream_calls"] == 1
+
+
+def test_saved_call_figures_are_consistent(results):
+    spec = results["workload"]["spec"]
+    runs = {r["config"]: r for r in results["workload"]["runs"]}
+    for run in [*runs.values(), *results["sweep"]]:
+        assert run["errors"] == 0
+        assert run["saved_calls"] == run["requests"] - run["upstream_calls"]
+        assert run["sim_chat_requests"] == run["upstream_calls"]  # what the server saw
+    assert runs["none"]["upstream_calls"] == spec["requests"]
+    for config in ("cache", "coalesce", "both"):
+        assert spec["distinct"] <= runs[config]["upstream_calls"] < spec["requests"]
+        assert runs[config]["upstream_cost_usd"] < runs["none"]["upstream_cost_usd"]
+    assert runs["both"]["upstream_calls"] <= min(runs["cache"]["upstream_calls"], runs["coalesce"]["upstream_calls"])
+
+
+def test_sweep_saves_more_when_more_requests_repeat(results):
+    both = sorted((r for r in results["sweep"] if r["config"] == "both"), key=lambda r: r["duplicate_share"])
+    assert both[0]["duplicate_share"] < both[-1]["duplicate_share"]
+    assert both[0]["upstream_calls"] > both[-1]["upstream_calls"]

@@ -1,0 +1,84 @@
+"""03_streaming: streamed TTFT vs total, what max_tokens and prompt length move, levers, live view, Stop, web app."""
+
+import pytest
+
+from nbrun import run_notebook
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    # 'bench': fixed 0.3 s to the first token, then 20 ms per token, so the figures are deterministic
+    return run_notebook(
+        "03_streaming",
+        tmp_path_factory.mktemp("nb03"),
+        PROFILE="bench",
+        MODEL="gpt-4o",
+        PROFILE_B="fast",
+        MODEL_B="gpt-4o-mini",
+        MAX_TOKENS_SWEEP=[8, 40],
+        PROMPT_TOKENS_SWEEP=[100, 2000],
+        REPEATS=2,
+        CONCURRENCY=8,
+        PREFIX_TOKENS=1500,
+        HISTORY_TURNS=12,
+        HISTORY_BUDGET=400,
+        LIVE_MAX_TOKENS=50,
+        STOP_AFTER_TOKENS=10,
+    )
+
+
+def test_streaming_shows_text_long_before_the_plain_call(results):
+    longest = results["longest"]
+    assert longest["stream_ttft_s"] < 0.6 * longest["plain_first_text_s"]
+
+
+def test_streaming_does_not_change_the_total(results):
+    longest = results["longest"]
+    assert 0.75 < longest["stream_total_s"] / longest["plain_total_s"] < 1.33
+
+
+def test_max_tokens_moves_the_total_not_the_ttft(results):
+    short, long = results["by_max_tokens"]["8"]["stream"], results["by_max_tokens"]["40"]["stream"]
+    assert long["total_s"] > short["total_s"] + 0.3  # 32 more tokens at 20 ms
+    assert abs(long["ttft_s"] - short["ttft_s"]) < 0.15
+    assert 0.01 < results["total_s_per_extra_token"] < 0.05
+
+
+def test_levers(results):
+    levers = results["levers"]
+    assert levers["max_tokens"]["after"]["completion_tokens"] <= 5 < levers["max_tokens"]["before"]["completion_tokens"]
+    assert levers["max_tokens"]["after"]["total_s"] < levers["max_tokens"]["before"]["total_s"]
+    assert levers["history"]["after"]["prompt_tokens"] <= 400 < levers["history"]["before"]["prompt_tokens"]
+    assert levers["history"]["after"]["cost_usd"] < levers["history"]["before"]["cost_usd"]
+    assert levers["prefix_cache"]["after"]["cached_tokens"] >= 1024
+    assert levers["prefix_cache"]["before"]["cached_tokens"] == 0
+    assert levers["prefix_cache"]["after"]["cost_usd"] < levers["prefix_cache"]["before"]["cost_usd"]
+
+
+def test_live_view_streams_both_endpoints(results):
+    assert [o["status"] for o in results["live"]] == ["ok", "ok"]
+    assert all(o["ttft_s"] < o["total_s"] and o["completion_tokens"] > 0 for o in results["live"])
+
+
+def test_stop_closes_the_stream_upstream_and_accounts_usage(results):
+    stop = results["stop"]
+    assert stop["status"] == "stopped" and stop["disconnects"] == 1
+    assert stop["usage_estimated"] and 10 <= stop["completion_tokens"] < 50
+    assert stop["metrics_outcome"] == "cancelled"
+
+
+def test_metrics_and_failures(results):
+    assert results["metrics"]["with_itl"] >= results["metrics"]["streams"] - 2
+    failures = results["failures"]
+    assert failures["stream_error_rate"]["kind"] == "error_event"
+    assert failures["drop_mid_stream_rate"]["kind"] == "dropped"
+    assert failures["first token"]["kind"] == "FirstTokenTimeout"
+    assert failures["whole stream"]["kind"] == "StreamTimeout" and failures["whole stream"]["partial_chars"] > 0
+
+
+def test_web_app_streams_and_rejects_bad_input(results):
+    web = results["webchat"]
+    assert web["status"] == 200 and web["reads"] >= 5 and web["last_read_s"] > web["first_read_s"]
+    assert set(web["bad_input"]) == {"empty", "malformed", "oversized"}

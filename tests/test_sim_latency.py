@@ -1,0 +1,178 @@
+"""The simulated service's latency model and fault injection behave like the design says.
+
+Timing is asserted with wide margins: each test checks the *shape* of a behaviour (longer prompt, longer
+time to first token; a third request behind two busy sequences waits for one of them), not exact figures.
+Tests that need other timings than the session's `fast` service start a short-lived one of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from labkit.services import SimService, start_sim
+from labkit.tokens import count_messages
+
+API_KEY = "sk-labkit-latency-test"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def chat_model(sim: SimService) -> str:
+    response = httpx.get(f"{sim.base_url}/models", headers=AUTH, timeout=10)
+    return next(m["id"] for m in response.json()["data"] if "embed" not in m["id"])
+
+
+async def time_to_first_token(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, float]:
+    """(seconds to the first chunk with content, seconds to the end of the stream) of one streamed request."""
+    started = time.monotonic()
+    first = None
+    async with client.stream("POST", "/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data: {"):
+                choices = json.loads(line.removeprefix("data: "))["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    first = time.monotonic() - started
+    assert first is not None, "the stream carried no content"
+    return first, time.monotonic() - started
+
+
+@pytest.fixture
+def faults(sim):
+    """Set a fault scenario for one test; the fault-free one is restored afterwards."""
+    yield sim.set_faults
+    sim.set_faults({})
+
+
+# --- prefill: time to first token grows with prompt length --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefill_sim() -> Iterator[SimService]:
+    """gpt-4o-class prefills 20k tokens/s; a short base TTFT makes the prefill part stand out."""
+    with start_sim("gpt-4o-class", seed=0, ttft=0.05, tps=1000) as service:
+        yield service
+
+
+async def test_time_to_first_token_grows_with_prompt_length(prefill_sim):
+    model = chat_model(prefill_sim)
+    tag = uuid.uuid4().hex  # a prompt never seen before: no prefix-cache hit may shorten its prefill
+    short = [{"role": "user", "content": f"{tag} Say hi."}]
+    long = [{"role": "user", "content": f"{tag} " + "word " * 10_000 + "Say hi."}]
+    extra_tokens = count_messages(long, model) - count_messages(short, model)
+    assert extra_tokens > 9_000
+
+    async with httpx.AsyncClient(base_url=prefill_sim.base_url, headers=AUTH, timeout=30) as client:
+        short_ttft, _ = await time_to_first_token(client, {"model": model, "messages": short, "max_tokens": 1})
+        long_ttft, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
+
+    expected_prefill_s = extra_tokens / 20_000  # about 0.5 s at the profile's prefill speed
+    assert long_ttft - short_ttft >= 0.5 * expected_prefill_s, (short_ttft, long_ttft)
+    assert long_ttft - short_ttft <= 3 * expected_prefill_s + 0.5, (short_ttft, long_ttft)
+
+
+async def test_repeated_long_prompt_prefills_faster_from_the_prefix_cache(prefill_sim):
+    model = chat_model(prefill_sim)
+    long = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "word " * 10_000 + "Say hi."}]
+    async with httpx.AsyncClient(base_url=prefill_sim.base_url, headers=AUTH, timeout=30) as client:
+        cold, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
+        warm, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
+    assert warm < cold - 0.2, (cold, warm)
+
+
+# --- finite sequences: the request over capacity queues ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_sequence_sim() -> Iterator[SimService]:
+    """Exactly 50 tokens per answer (the bench profile), at 100 tokens/s: about 0.55 s per generation."""
+    with start_sim("bench", seed=0, ttft=0.05, tps=100, max_sequences=2) as service:
+        yield service
+
+
+async def test_third_concurrent_request_waits_for_a_free_sequence(two_sequence_sim):
+    sim = two_sequence_sim
+    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}]}
+    async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=30) as client:
+        first_two = [asyncio.create_task(time_to_first_token(client, body)) for _ in range(2)]
+        await asyncio.sleep(0.1)  # both hold a sequence now
+        stats_while_busy = await sim.astats()
+        third_ttft, _ = await time_to_first_token(client, body)
+        (ttft_1, total_1), (ttft_2, total_2) = await asyncio.gather(*first_two)
+
+    generation_s = min(total_1, total_2)
+    assert stats_while_busy["active_sequences"] == 2
+    assert max(ttft_1, ttft_2) < 0.3, "the first two are admitted at once"
+    # The third started 0.1 s later and is admitted when one of the first two finishes.
+    assert third_ttft >= 0.6 * (generation_s - 0.1), (third_ttft, generation_s)
+    assert (await sim.astats())["peak_active_sequences"] == 2
+
+
+async def test_requests_within_capacity_do_not_queue(two_sequence_sim):
+    sim = two_sequence_sim
+    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}]}
+    async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=30) as client:
+        results = await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
+    assert all(ttft < 0.3 for ttft, _ in results), results
+
+
+# --- faults: seeded and switchable at run time -------------------------------------------------------------
+
+
+def statuses(sim: SimService, n: int) -> list[int]:
+    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    with httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10) as client:
+        return [client.post("/chat/completions", json=body).status_code for _ in range(n)]
+
+
+SEEDED_FAULTS = {"error_rates": {"500": 0.2, "503": 0.15, "429": 0.1}}
+
+
+def test_faults_are_deterministic_under_a_seed(sim, faults):
+    faults({"seed": 1234, **SEEDED_FAULTS})
+    first_run = statuses(sim, 50)
+    faults({"seed": 1234, **SEEDED_FAULTS})  # the same config again restarts the seeded sequence
+    second_run = statuses(sim, 50)
+
+    assert first_run == second_run
+    assert {200, 500, 503, 429} <= set(first_run), "rates this high give every status within 50 requests"
+
+
+def test_a_different_seed_gives_a_different_fault_sequence(sim, faults):
+    faults({"seed": 1, **SEEDED_FAULTS})
+    one = statuses(sim, 50)
+    faults({"seed": 2, **SEEDED_FAULTS})
+    two = statuses(sim, 50)
+    assert one != two
+
+
+def test_faults_switch_at_run_time_without_a_restart(sim, faults):
+    pid = sim.pid
+    assert statuses(sim, 3) == [200, 200, 200]
+    faults({"error_rates": {"503": 1.0}})
+    assert statuses(sim, 3) == [503, 503, 503]
+    assert sim.faults()["error_rates"]["503"] == 1.0
+    faults({})
+    assert statuses(sim, 3) == [200, 200, 200]
+    assert sim.pid == pid and sim.running
+
+
+def test_slow_first_byte_delays_the_response(sim, faults):
+    faults({"slow_first_byte": {"rate": 1.0, "delay_s": 0.4}})
+    started = time.monotonic()
+    assert statuses(sim, 1) == [200]
+    assert time.monotonic() - started >= 0.35
+
+
+def test_rate_limit_storm_gives_429_while_it_lasts_then_stops(sim, faults):
+    faults({"storm": {"start_s": 0, "duration_s": 0.6}})
+    assert statuses(sim, 2) == [429, 429]
+    time.sleep(0.7)
+    assert statuses(sim, 2) == [200, 200]
