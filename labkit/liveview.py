@@ -112,7 +112,7 @@ class LivePane:
             self.stats.value += " · stopping…"
             self.task.cancel()
 
-    async def stop_after(self, tokens: int, timeout: float = 60.0) -> None:
+    async def stop_after(self, tokens: int, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         """The scripted click for papermill: press Stop once `tokens` text chunks have arrived."""
         deadline = time.perf_counter() + timeout
         while self.task is not None and not self.task.done() and len(self._parts) < tokens:

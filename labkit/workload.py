@@ -145,7 +145,9 @@ class Workload:
 
 def zipf_workload(spec: ZipfSpec, prompts: Sequence[str] | None = None) -> Workload:
     """Draw a workload: popularity ranks go to (audience, prompt) pairs at random, then requests by rank."""
-    pool = [(audience, prompt) for prompt in (prompts if prompts is not None else load_prompts()) for audience in AUDIENCES]
+    pool = [
+        (audience, prompt) for prompt in (prompts if prompts is not None else load_prompts()) for audience in AUDIENCES
+    ]
     if spec.n_distinct > len(pool):
         raise ValueError(f"n_distinct={spec.n_distinct} but only {len(pool)} distinct requests can be made")
     rng = random.Random(spec.seed)

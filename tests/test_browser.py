@@ -236,13 +236,14 @@ async def test_live_view_widget_grows_in_jupyterlab(jupyterlab, page, tmp_path):
         return k && k.status === 'idle'; }""",
         timeout=60_000,
     )
-    await page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # not awaited in the page: the command's promise settles only when every cell has run
+    await page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     lengths: dict[int, list[int]] = {}
     deadline = time.monotonic() + 90
     stopped = False
     while time.monotonic() < deadline and not stopped:
         assert await page.get_by_text("Error displaying widget").count() == 0
-        texts = await page.eval_on_selector_all(".lk-live-text", "els => els.map(e => e.innerText.length)")
+        texts = await page.eval_on_selector_all(".lk-live-text", "els => els.map(e => e.textContent.length)")
         for i, n in enumerate(texts):
             seen = lengths.setdefault(i, [])
             if n and (not seen or n != seen[-1]):
@@ -257,4 +258,5 @@ async def test_live_view_widget_grows_in_jupyterlab(jupyterlab, page, tmp_path):
     assert not errors, errors
     assert len(lengths) == 3, lengths  # two panes side by side, and the Stop pane
     assert len(lengths[0]) >= 3 and lengths[0] == sorted(lengths[0]), lengths  # the bench pane grew over time
+    assert len(lengths[2]) >= 2, lengths  # the Stop pane grew before it was stopped
     assert stopped, "the Stop pane never reported a stopped stream"

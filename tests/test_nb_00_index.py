@@ -1,7 +1,6 @@
 """00_index: services start, first calls work, and the naive sequential baseline is measured."""
 
 import pytest
-
 from nbrun import run_notebook
 
 pytestmark = pytest.mark.notebook

@@ -2,7 +2,6 @@
 and the workload measurement, executed with papermill at small sizes."""
 
 import pytest
-
 from nbrun import run_notebook
 
 pytestmark = pytest.mark.notebook
@@ -14,6 +13,7 @@ def results(tmp_path_factory):
         "02_dedup",
         tmp_path_factory.mktemp("nb02"),
         PROFILE="fast",
+        SIM_TPS=400,  # streams last ~50 ms, long enough for readers to join one in flight
         MODEL="gpt-4o",
         MAX_TOKENS=20,
         N_CONCURRENT=8,
@@ -22,7 +22,8 @@ def results(tmp_path_factory):
         N_REQUESTS=40,
         N_DISTINCT=60,
         BURST_SIZE=10,
-        BURST_GAP_S=0.05,
+        ZIPF_EXPONENT=1.5,
+        BURST_GAP_S=0.3,
         SWEEP_EXPONENTS=[0.0, 2.0],
         SWEEP_REQUESTS=30,
     )

@@ -1,7 +1,6 @@
 """03_streaming: streamed TTFT vs total, what max_tokens and prompt length move, levers, live view, Stop, web app."""
 
 import pytest
-
 from nbrun import run_notebook
 
 pytestmark = pytest.mark.notebook

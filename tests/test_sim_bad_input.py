@@ -16,7 +16,7 @@ from labkit.services import SimService, start_sim
 API_KEY = "sk-labkit-bad-input-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
-OVERSIZED_BYTES = 64 * 1024 * 1024  # well over any sane request size limit (the real API caps bodies too)
+OVERSIZED_BYTES = 16 * 1024 * 1024  # well over the service's limit (4 MiB by default); the real API caps bodies too
 
 
 @pytest.fixture(scope="module")

@@ -51,25 +51,26 @@ def faults(sim):
     sim.set_faults({})
 
 
-# --- prefill: time to first token grows with prompt length --------------------------------------------------
+# --- one small server: prefill makes long prompts slower, and a third request queues behind two ---------
 
 
 @pytest.fixture(scope="module")
-def prefill_sim() -> Iterator[SimService]:
-    """gpt-4o-class prefills 20k tokens/s; a short base TTFT makes the prefill part stand out."""
-    with start_sim("gpt-4o-class", seed=0, ttft=0.05, tps=1000) as service:
+def small_server() -> Iterator[SimService]:
+    """A gpt-4o-class server (prefill 20k tokens/s) with a short base TTFT, so the prefill part stands out,
+    100 tokens/s per stream and only two concurrent sequences, so a third request has to queue."""
+    with start_sim("gpt-4o-class", seed=0, ttft=0.05, tps=100, max_sequences=2) as service:
         yield service
 
 
-async def test_time_to_first_token_grows_with_prompt_length(prefill_sim):
-    model = chat_model(prefill_sim)
+async def test_time_to_first_token_grows_with_prompt_length(small_server):
+    model = chat_model(small_server)
     tag = uuid.uuid4().hex  # a prompt never seen before: no prefix-cache hit may shorten its prefill
     short = [{"role": "user", "content": f"{tag} Say hi."}]
     long = [{"role": "user", "content": f"{tag} " + "word " * 10_000 + "Say hi."}]
     extra_tokens = count_messages(long, model) - count_messages(short, model)
     assert extra_tokens > 9_000
 
-    async with httpx.AsyncClient(base_url=prefill_sim.base_url, headers=AUTH, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
         short_ttft, _ = await time_to_first_token(client, {"model": model, "messages": short, "max_tokens": 1})
         long_ttft, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
 
@@ -78,28 +79,18 @@ async def test_time_to_first_token_grows_with_prompt_length(prefill_sim):
     assert long_ttft - short_ttft <= 3 * expected_prefill_s + 0.5, (short_ttft, long_ttft)
 
 
-async def test_repeated_long_prompt_prefills_faster_from_the_prefix_cache(prefill_sim):
-    model = chat_model(prefill_sim)
+async def test_repeated_long_prompt_prefills_faster_from_the_prefix_cache(small_server):
+    model = chat_model(small_server)
     long = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "word " * 10_000 + "Say hi."}]
-    async with httpx.AsyncClient(base_url=prefill_sim.base_url, headers=AUTH, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
         cold, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
         warm, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
     assert warm < cold - 0.2, (cold, warm)
 
 
-# --- finite sequences: the request over capacity queues ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def two_sequence_sim() -> Iterator[SimService]:
-    """Exactly 50 tokens per answer (the bench profile), at 100 tokens/s: about 0.55 s per generation."""
-    with start_sim("bench", seed=0, ttft=0.05, tps=100, max_sequences=2) as service:
-        yield service
-
-
-async def test_third_concurrent_request_waits_for_a_free_sequence(two_sequence_sim):
-    sim = two_sequence_sim
-    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}]}
+async def test_third_concurrent_request_waits_for_a_free_sequence(small_server):
+    sim = small_server
+    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}], "max_tokens": 50}
     async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=30) as client:
         first_two = [asyncio.create_task(time_to_first_token(client, body)) for _ in range(2)]
         await asyncio.sleep(0.1)  # both hold a sequence now
@@ -115,9 +106,9 @@ async def test_third_concurrent_request_waits_for_a_free_sequence(two_sequence_s
     assert (await sim.astats())["peak_active_sequences"] == 2
 
 
-async def test_requests_within_capacity_do_not_queue(two_sequence_sim):
-    sim = two_sequence_sim
-    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}]}
+async def test_requests_within_capacity_do_not_queue(small_server):
+    sim = small_server
+    body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}], "max_tokens": 50}
     async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=30) as client:
         results = await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
     assert all(ttft < 0.3 for ttft, _ in results), results

@@ -77,7 +77,7 @@ def limits(sim):
 
 
 def requests_seen(sim) -> int:
-    """How many chat requests the service has received (served or rejected), from /admin/stats."""
+    """How many /v1 requests the service has received (served or rejected), from /admin/stats."""
     return int(sim.stats()["requests_total"])
 
 
@@ -127,6 +127,15 @@ async def test_async_stream_with_include_usage_reassembles_text_and_reports_usag
         model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     check_streamed_usage([chunk async for chunk in stream], model)
+
+
+async def test_async_stream_over_the_aiohttp_transport_reports_usage(sim, model):
+    """The SDK's aiohttp transport (`DefaultAioHttpClient`) parses the same stream the same way."""
+    async with async_sdk_client(sim, http_client=openai.DefaultAioHttpClient()) as client:
+        stream = await client.chat.completions.create(
+            model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        check_streamed_usage([chunk async for chunk in stream], model)
 
 
 def test_sync_models_list_includes_the_chat_model(client, model):
@@ -242,6 +251,7 @@ def test_insufficient_quota_raises_RateLimitError_without_retry_after(client, mo
     assert "retry-after-ms" not in raised.value.response.headers
 
 
+@pytest.mark.parametrize("status", [500, 502, 503])
 def test_injected_server_error_raises_InternalServerError(client, model, faults, status):
     faults(error_rates={str(status): 1.0})
     with pytest.raises(openai.InternalServerError) as raised:

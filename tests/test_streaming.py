@@ -261,4 +261,6 @@ def test_trim_history_keeps_system_and_newest_turns_within_budget():
 
 def test_estimate_usage_counts_prompt_and_partial_text():
     usage = estimate_usage(PROMPT, "Hello there, world.", "gpt-4o")
-    assert usage.prompt_tokens == count_messages(PROMPT) and usage.completion_tokens == count_text("Hello there, world.")
+    assert usage.prompt_tokens == count_messages(PROMPT) and usage.completion_tokens == count_text(
+        "Hello there, world."
+    )

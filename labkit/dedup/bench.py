@@ -19,7 +19,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,7 @@ _COMPLETION = ChatCompletion.model_validate(
         "object": "chat.completion",
         "created": 0,
         "model": "gpt-4o",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "word " * 50}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 50}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 50, "total_tokens": 70},
     }
 )
@@ -83,53 +81,50 @@ def _request(i: int, stream: bool = False) -> ChatRequest:
     )
 
 
-async def _timed(run: Callable[[], Coroutine[Any, Any, None]], count: int) -> float:
+async def _sequential(chain: Chain, requests: list[ChatRequest]) -> float:
+    """µs per request, one request at a time."""
     t0 = time.perf_counter()
-    await run()
-    return (time.perf_counter() - t0) / count * 1e6
+    for request in requests:
+        await chain(request)
+    return (time.perf_counter() - t0) / len(requests) * 1e6
+
+
+async def _bursts(chain: Chain, offset: int, bursts: int, burst: int) -> float:
+    """µs per request, `bursts` rounds of `burst` identical concurrent requests."""
+    t0 = time.perf_counter()
+    for b in range(bursts):
+        same = _request(offset + b)
+        await asyncio.gather(*(chain(same.replace()) for _ in range(burst)))
+    return (time.perf_counter() - t0) / (bursts * burst) * 1e6
+
+
+async def _fanout(chain: Chain, readers: int, offset: int, rounds: int = 20) -> float:
+    """µs per chunk per reader, `rounds` streams each read by `readers` callers."""
+    t0 = time.perf_counter()
+    for j in range(rounds):
+        streams = await asyncio.gather(*(chain(_request(offset + j, stream=True)) for _ in range(readers)))
+        await asyncio.gather(*(_drain(s) for s in streams))  # type: ignore[arg-type]
+    return (time.perf_counter() - t0) / (rounds * readers * _upstream.chunks) * 1e6  # type: ignore[attr-defined]
 
 
 async def bench(n: int = 5000, burst: int = 100, waiters: int = 10, repeats: int = 5) -> dict[str, Any]:
     bare = Chain(_upstream)
     results: dict[str, list[float]] = {k: [] for k in ("bare", "sf", "burst_bare", "burst_sf", "key", "s1", "sN")}
+    bursts = max(1, n // burst)
     for r in range(repeats):
         base = r * 10 * n
-        reqs = [_request(base + i) for i in range(n)]
-        reqs2 = [_request(base + n + i) for i in range(n)]
-        reqs3 = [_request(base + 2 * n + i) for i in range(n)]
-        sf_chain = Chain(_upstream, [SingleFlight()])
-
-        async def seq(chain: Chain, requests: list[ChatRequest]) -> None:
-            for request in requests:
-                await chain(request)
-
-        results["bare"].append(await _timed(lambda reqs=reqs: seq(bare, reqs), n))
-        results["sf"].append(await _timed(lambda reqs2=reqs2: seq(sf_chain, reqs2), n))
+        results["bare"].append(await _sequential(bare, [_request(base + i) for i in range(n)]))
+        sf_requests = [_request(base + n + i) for i in range(n)]
+        results["sf"].append(await _sequential(Chain(_upstream, [SingleFlight()]), sf_requests))
+        fresh = [_request(base + 2 * n + i) for i in range(n)]
         t0 = time.perf_counter()
-        for request in reqs3:
+        for request in fresh:
             _ = request.key
         results["key"].append((time.perf_counter() - t0) / n * 1e6)
-
-        bursts = max(1, n // burst)
-
-        async def bursty(chain: Chain, offset: int) -> None:
-            for b in range(bursts):
-                same = _request(offset + b)
-                await asyncio.gather(*(chain(same.replace()) for _ in range(burst)))
-
-        results["burst_bare"].append(await _timed(lambda: bursty(bare, base + 3 * n), bursts * burst))
-        results["burst_sf"].append(await _timed(lambda: bursty(Chain(_upstream, [SingleFlight()]), base + 4 * n), bursts * burst))
-
-        async def fanout(chain: Chain, k: int, offset: int, rounds: int = 20) -> None:
-            for j in range(rounds):
-                streams = await asyncio.gather(*(chain(_request(offset + j, stream=True)) for _ in range(k)))
-                await asyncio.gather(*(_drain(s) for s in streams))  # type: ignore[arg-type]
-
-        chunks = _upstream.chunks  # type: ignore[attr-defined]
-        results["s1"].append(await _timed(lambda: fanout(Chain(_upstream, [SingleFlight()]), 1, base + 5 * n), 20 * chunks))
-        results["sN"].append(
-            await _timed(lambda: fanout(Chain(_upstream, [SingleFlight()]), waiters, base + 6 * n), 20 * chunks * waiters)
-        )
+        results["burst_bare"].append(await _bursts(bare, base + 3 * n, bursts, burst))
+        results["burst_sf"].append(await _bursts(Chain(_upstream, [SingleFlight()]), base + 4 * n, bursts, burst))
+        results["s1"].append(await _fanout(Chain(_upstream, [SingleFlight()]), 1, base + 5 * n))
+        results["sN"].append(await _fanout(Chain(_upstream, [SingleFlight()]), waiters, base + 6 * n))
     med = {k: statistics.median(v) for k, v in results.items()}
     return {
         "what": "single-flight overhead per request, client CPU, in-memory upstream (µs, medians)",

@@ -24,6 +24,9 @@ from typing import Any, Literal
 
 Mode = Literal["none", "local", "redis"]
 
+#: The folder that holds the labkit package, put on the workers' PYTHONPATH.
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
 
 async def _serve(args: argparse.Namespace) -> None:
     from redis.asyncio import Redis
@@ -132,8 +135,7 @@ class WorkerPool:
 
     async def start(self) -> WorkerPool:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         pipe = asyncio.subprocess.PIPE
         try:
             for _ in range(self.n_workers):

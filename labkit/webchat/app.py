@@ -62,16 +62,16 @@ def error_response(status: int, message: str, **extra: Any) -> web.Response:
 def parse_chat(raw: bytes, settings: Mapping[str, Any]) -> tuple[list[dict[str, str]], int]:
     """The messages and max_tokens of a `POST /api/chat` body, or `BadRequest` saying what is wrong."""
     if not raw.strip():
-        raise BadRequest(400, "The request body is empty: send JSON like {\"message\": \"Hello\"}.")
+        raise BadRequest(400, 'The request body is empty: send JSON like {"message": "Hello"}.')
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadRequest(400, f"The request body is not valid JSON ({error}).") from None
     if not isinstance(body, dict):
-        raise BadRequest(400, "The request body must be a JSON object with a \"message\" field.")
+        raise BadRequest(400, 'The request body must be a JSON object with a "message" field.')
     message = body.get("message")
     if not isinstance(message, str):
-        raise BadRequest(400, "The \"message\" field is missing or is not a string.")
+        raise BadRequest(400, 'The "message" field is missing or is not a string.')
     if not message.strip():
         raise BadRequest(400, "The message is empty: type something first.")
     limit = int(settings["max_message_chars"])
@@ -79,10 +79,10 @@ def parse_chat(raw: bytes, settings: Mapping[str, Any]) -> tuple[list[dict[str, 
         raise BadRequest(413, f"The message is too long: {len(message)} characters (the limit is {limit}).")
     max_tokens = body.get("max_tokens", settings["max_tokens"])
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
-        raise BadRequest(400, "\"max_tokens\" must be a whole number from 1 to 4096.")
+        raise BadRequest(400, '"max_tokens" must be a whole number from 1 to 4096.')
     history = body.get("history", [])
     if not isinstance(history, list) or len(history) > MAX_HISTORY:
-        raise BadRequest(400, f"\"history\" must be a list of at most {MAX_HISTORY} messages.")
+        raise BadRequest(400, f'"history" must be a list of at most {MAX_HISTORY} messages.')
     turns: list[dict[str, str]] = []
     for item in history:
         if (
@@ -90,7 +90,7 @@ def parse_chat(raw: bytes, settings: Mapping[str, Any]) -> tuple[list[dict[str, 
             or item.get("role") not in ("user", "assistant")
             or not isinstance(item.get("content"), str)
         ):
-            raise BadRequest(400, "Each history entry must be {\"role\": \"user\"|\"assistant\", \"content\": text}.")
+            raise BadRequest(400, 'Each history entry must be {"role": "user"|"assistant", "content": text}.')
         turns.append({"role": item["role"], "content": item["content"][:limit]})
     messages: list[dict[str, str]] = [{"role": "system", "content": settings["system_prompt"]}, *turns]
     messages.append({"role": "user", "content": message})
