@@ -60,8 +60,12 @@ def canonical_json(
     model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], volatile: Iterable[str] = ()
 ) -> bytes:
     """The canonical JSON document that the fingerprint hashes."""
-    document = {"model": model, "messages": _normalise(messages), "params": canonical_params(params, volatile)}
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    document = {"model": model, "messages": messages, "params": canonical_params(params, volatile)}
+    try:  # messages are plain JSON in practice: serialise them as they are (the hot path)
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # other mappings or sequences: normalise first
+        document["messages"] = _normalise(messages)
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
 def fingerprint(

@@ -61,8 +61,11 @@ class ChatRequest:
 
     @cached_property
     def key(self) -> str:
-        """The canonical fingerprint: the one key cache tiers, de-dup and metrics share."""
-        return fingerprint(self.model, self.messages, self.params)
+        """The canonical fingerprint: the one key cache tiers, de-dup and metrics share.
+
+        Parameters the caller marks volatile for this request (`controls={"volatile": [...]}`) are left out.
+        """
+        return fingerprint(self.model, self.messages, self.params, volatile=tuple(self.controls.get("volatile", ())))
 
     def body(self) -> dict[str, Any]:
         """The JSON body sent upstream (streams always ask for usage, so cost is never guessed)."""

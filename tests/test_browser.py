@@ -38,8 +38,11 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parent.parent
 
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-async_playwright = pytest.importorskip("playwright.async_api").async_playwright
+    message = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure, not a skip
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+from playwright.async_api import async_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from labkit.fingerprint import API_DEFAULTS, fingerprint
+from labkit.fingerprint import API_DEFAULTS
 from labkit.request import ChatRequest
 
 SamplingMode = Literal["skip", "share", "samples"]
 
 
 def key_of(request: ChatRequest) -> str:
-    """The request's canonical fingerprint, also leaving out parameters marked volatile in its controls."""
-    volatile = request.controls.get("volatile")
-    if not volatile:
-        return request.key
-    return fingerprint(request.model, request.messages, request.params, volatile=tuple(volatile))
+    """The request's canonical fingerprint (`ChatRequest.key`, which honours volatile marks in its controls)."""
+    return request.key
 
 
 def is_sampled(request: ChatRequest) -> bool:
