@@ -1,6 +1,7 @@
 """Every lesson notebook follows the conventions of DESIGN §5 and has a papermill test."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,4 +54,5 @@ def test_has_a_papermill_test(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_writes_its_results(path):
-    assert any("write_results(RESULTS_PATH" in "".join(c["source"]) for c in code_cells(load(path)))
+    writes = re.compile(r"write_results\(\s*RESULTS_PATH")
+    assert any(writes.search("".join(c["source"])) for c in code_cells(load(path)))
