@@ -25,12 +25,14 @@ import ctypes
 import functools
 import html
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -71,7 +73,7 @@ MEMCACHED_INSTALL_HINT = (
 )
 
 _LOOPBACK = "127.0.0.1"
-_READY_LINE = re.compile(r"labkit\.sim ready on (http://\S+)")
+_READY_LINE = re.compile(r"labkit\.sim ready on (https?://\S+)")
 _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 25
 
@@ -357,6 +359,8 @@ class SimService(Service):
     profile: str = ""
     seed: int = 0
     api_key: str = SIM_API_KEY
+    ca_file: str | None = None
+    """For a sim serving HTTPS with a self-signed certificate (``tls_cert=``): the certificate to trust."""
 
     @property
     def base_url(self) -> str:
@@ -423,12 +427,17 @@ class SimService(Service):
         return await self._acall("POST", "/admin/reset")
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        with httpx.Client(base_url=self.url, headers=self._headers(), timeout=10.0) as client:
+        with httpx.Client(base_url=self.url, headers=self._headers(), timeout=10.0, verify=self._verify()) as client:
             return _json(client.request(method, path, json=body))
 
     async def _acall(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url, headers=self._headers(), timeout=10.0) as client:
+        async with httpx.AsyncClient(
+            base_url=self.url, headers=self._headers(), timeout=10.0, verify=self._verify()
+        ) as client:
             return _json(await client.request(method, path, json=body))
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
@@ -498,7 +507,8 @@ def start_sim(
 
     ``profile`` picks the latency model, ``seed`` makes faults and sampled latencies reproducible.
     Other keyword ``options`` become command-line flags (``max_sequences=8`` -> ``--max-sequences 8``),
-    and ``args`` are passed as they are.
+    and ``args`` are passed as they are. ``tls_cert=`` and ``tls_key=`` (see :mod:`labkit.tls`) make it
+    serve HTTPS; the service then trusts that certificate for its own admin calls (``ca_file``).
     """
     return _launch_sim(profile, seed, rpm=rpm, tpm=tpm, faults=faults, args=args, timeout=timeout, **options)()
 
@@ -520,7 +530,9 @@ def _launch_sim(
     argv += _cli_options({"rpm": rpm, "tpm": tpm, "faults": faults, **options})
     argv += ["--parent-pid", str(os.getpid()), *args]
     child = _Child(f"labkit.sim ({profile})", argv, env=_child_env())
-    return _PendingSim(child, profile, seed, timeout)
+    flags = list(args)
+    ca_file = options.get("tls_cert") or next((b for a, b in itertools.pairwise(flags) if a == "--tls-cert"), None)
+    return _PendingSim(child, profile, seed, timeout, str(ca_file) if ca_file else None)
 
 
 @dataclass
@@ -529,11 +541,14 @@ class _PendingSim:
     profile: str
     seed: int
     timeout: float
+    ca_file: str | None = None
 
     def __call__(self) -> SimService:
         """Wait for the ready line and hand back the running service."""
         url = self.child.wait_ready(self._ready_url, self.timeout)
-        service = SimService(name=f"sim {self.profile}", url=url, profile=self.profile, seed=self.seed)
+        service = SimService(
+            name=f"sim {self.profile}", url=url, profile=self.profile, seed=self.seed, ca_file=self.ca_file
+        )
         service._adopt(self.child)
         return service
 

@@ -6,6 +6,8 @@ distort what a notebook measures; `create_app` and `serve` are for embedding it 
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from labkit.sim.app import STATE, SimState, create_app
@@ -15,11 +17,15 @@ LISTEN_BACKLOG = 4096  # aiohttp's default of 128 drops connections when thousan
 READY_PREFIX = "labkit.sim ready on "
 
 
-async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Start the service on the running loop; returns the runner (call `cleanup()` to stop) and the port."""
+async def serve(
+    config: SimConfig, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Start the service on the running loop; returns the runner (call `cleanup()` to stop) and the port.
+
+    With `ssl_context` it serves HTTPS (the pooling lesson's TLS handshakes)."""
     runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     server = site._server  # the asyncio Server: the only place the OS-chosen port is exposed
     assert server is not None and server.sockets

@@ -1,8 +1,8 @@
 """Command line: run one simulator instance as its own process.
 
-Prints exactly one line, `labkit.sim ready on http://HOST:PORT`, once it listens (labkit.services waits
-for it), exits on SIGTERM/SIGINT, and with --parent-pid exits when that process is gone, so a crashed
-notebook kernel leaves no orphan servers behind.
+Prints exactly one line, `labkit.sim ready on http://HOST:PORT` (`https://` with --tls-cert/--tls-key), once
+it listens (labkit.services waits for it), exits on SIGTERM/SIGINT, and with --parent-pid exits when that
+process is gone, so a crashed notebook kernel leaves no orphan servers behind.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--faults", type=_faults_arg, default=None, help="initial fault config: JSON or a path")
     ap.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    ap.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (labkit.tls)")
+    ap.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
     return ap.parse_args(argv)
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A server TLS context from --tls-cert/--tls-key (aiohttp speaks HTTP/1.1 only, so ALPN offers only that)."""
+    if args.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(args.tls_cert), str(args.tls_key))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _alive(pid: int, original_ppid: int) -> bool:
@@ -88,7 +101,7 @@ async def _main(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         profiles_path=args.profiles,
     )
-    runner, port = await serve(config, args.host, args.port)
+    runner, port = await serve(config, args.host, args.port, ssl_context=_ssl_context(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +109,8 @@ async def _main(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     host = f"[{args.host}]" if ":" in args.host else args.host
-    sys.stdout.write(f"{READY_PREFIX}http://{host}:{port}\n")
+    scheme = "https" if args.tls_cert else "http"
+    sys.stdout.write(f"{READY_PREFIX}{scheme}://{host}:{port}\n")
     sys.stdout.flush()
     try:
         await stop.wait()
@@ -106,12 +120,28 @@ async def _main(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+def _raise_open_files_limit() -> None:
+    """One socket per connection: lift the soft open-files limit (often 1024) to the hard one for 2000+ streams."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        sys.exit("python -m labkit.sim: error: --tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            sys.exit(f"python -m labkit.sim: error: no such file: {path}")
     try:
         load_profile(args.profile, args.profiles)
     except (KeyError, OSError, ValueError) as e:
         sys.exit(f"python -m labkit.sim: error: {e}")
+    _raise_open_files_limit()
     try:
         import uvloop
     except ImportError:
