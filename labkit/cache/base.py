@@ -1,0 +1,182 @@
+"""What every cache tier shares: the stored entry, its versioned JSON codec, and the tier interface.
+
+Values are stored as versioned JSON (``{"v": 1, "kind": ..., "key": ..., "data": ...}``), never pickle: a pickle
+read back from a shared Redis or a file on disk runs whatever code it names, and it breaks when a class changes.
+A blob that fails to parse or to validate (wrong version, wrong key, a completion the SDK's model rejects) raises
+`CorruptEntry`; the cache layer treats it as a miss, deletes it and counts it. Large blobs may be zlib-compressed
+(a one-byte ``Z`` prefix tells them apart from JSON, which starts with ``{``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import orjson
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+#: Bump when the stored layout changes: older blobs are then misses (and deleted), never misread.
+FORMAT_VERSION = 1
+_COMPRESSED = b"Z"
+
+EntryKind = Literal["completion", "stream"]
+
+
+class CorruptEntry(ValueError):
+    """A stored blob that is not a valid entry of this format (treated as a miss, deleted, counted)."""
+
+
+class EntryTooLarge(ValueError):
+    """A tier refused an entry that exceeds its item limit (Memcached: 1 MiB), with the sizes in the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedChunk:
+    """One streamed chunk and when it arrived, in seconds after the request was sent."""
+
+    at_s: float
+    chunk: ChatCompletionChunk
+
+
+@dataclasses.dataclass(eq=False)
+class Entry:
+    """One cached answer: a whole completion, or a stream's chunks with their timing.
+
+    `expires_at` and `created_at` are wall-clock epoch seconds (a disk tier outlives the process, so a monotonic
+    clock would not do).
+    """
+
+    key: str
+    kind: EntryKind
+    created_at: float
+    expires_at: float
+    completion: ChatCompletion | None = None
+    chunks: tuple[RecordedChunk, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "completion" and self.completion is None:
+            raise ValueError("a completion entry needs its completion")
+        if self.kind == "stream" and not self.chunks:
+            raise ValueError("a stream entry needs at least one chunk")
+
+    @classmethod
+    def of_completion(cls, key: str, completion: ChatCompletion, ttl_s: float, now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        return cls(key, "completion", now, now + ttl_s, completion=completion)
+
+    @classmethod
+    def of_stream(cls, key: str, chunks: Sequence[RecordedChunk], ttl_s: float, now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        return cls(key, "stream", now, now + ttl_s, chunks=tuple(chunks))
+
+    def ttl_left(self, now: float | None = None) -> float:
+        return self.expires_at - (time.time() if now is None else now)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.ttl_left(now) <= 0
+
+    @cached_property
+    def blob(self) -> bytes:
+        """The versioned JSON document (computed once, shared by every tier that stores it)."""
+        return encode(self)
+
+    @property
+    def size(self) -> int:
+        return len(self.blob)
+
+
+def encode(entry: Entry) -> bytes:
+    """Versioned JSON bytes of an entry."""
+    if entry.kind == "completion":
+        assert entry.completion is not None
+        data: Any = entry.completion.model_dump(mode="json", exclude_unset=True, warnings=False)
+    else:
+        data = [[c.at_s, c.chunk.model_dump(mode="json", exclude_unset=True, warnings=False)] for c in entry.chunks]
+    document = {
+        "v": FORMAT_VERSION,
+        "kind": entry.kind,
+        "key": entry.key,
+        "created": entry.created_at,
+        "expires": entry.expires_at,
+        "data": data,
+    }
+    return orjson.dumps(document)
+
+
+def decode(blob: bytes | bytearray | memoryview | str, expected_key: str | None = None) -> Entry:
+    """Parse and validate a stored blob; anything unexpected raises `CorruptEntry` (never a half-read entry)."""
+    try:
+        raw = bytes(blob, "utf-8") if isinstance(blob, str) else bytes(blob)
+        if raw[:1] == _COMPRESSED:
+            raw = zlib.decompress(raw[1:])
+        document = orjson.loads(raw)
+    except (orjson.JSONDecodeError, zlib.error, TypeError, ValueError) as error:
+        raise CorruptEntry(f"not a JSON entry: {error}") from error
+    if not isinstance(document, Mapping):
+        raise CorruptEntry("an entry must be a JSON object")
+    if document.get("v") != FORMAT_VERSION:
+        raise CorruptEntry(f"entry format {document.get('v')!r}, expected {FORMAT_VERSION}")
+    key = document.get("key")
+    if expected_key is not None and key != expected_key:
+        raise CorruptEntry("the entry belongs to another key")
+    kind, created, expires, data = (document.get(k) for k in ("kind", "created", "expires", "data"))
+    if not isinstance(created, (int, float)) or not isinstance(expires, (int, float)):
+        raise CorruptEntry("an entry needs numeric 'created' and 'expires'")
+    try:
+        if kind == "completion":
+            return Entry(str(key), "completion", created, expires, completion=ChatCompletion.model_validate(data))
+        if kind == "stream":
+            if not isinstance(data, list) or not data:
+                raise CorruptEntry("a stream entry needs a non-empty list of chunks")
+            chunks = tuple(RecordedChunk(float(at), ChatCompletionChunk.model_validate(chunk)) for at, chunk in data)
+            return Entry(str(key), "stream", created, expires, chunks=chunks)
+    except CorruptEntry:
+        raise
+    except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
+        raise CorruptEntry(f"entry does not validate: {str(error).splitlines()[0]}") from error
+    raise CorruptEntry(f"unknown entry kind {kind!r}")
+
+
+def compress(blob: bytes, level: int = 6) -> bytes:
+    """zlib with the ``Z`` marker that `decode` recognises."""
+    return _COMPRESSED + zlib.compress(blob, level)
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """One cache tier. `get` returns a valid, unexpired entry or None, and raises `CorruptEntry` for a bad blob.
+
+    `local` tiers live in the process (no I/O: the layer writes and promotes to them inline); the others are
+    reached over a socket or a file, and any exception they raise marks them down for a while (fail-open).
+    """
+
+    name: str
+    local: bool
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def set(self, key: str, entry: Entry, ttl_s: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def clear(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CorruptEntry",
+    "Entry",
+    "EntryKind",
+    "EntryTooLarge",
+    "RecordedChunk",
+    "Tier",
+    "compress",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,435 @@
+"""The cache layer: read-through across tiers, write-through on a miss, per-request controls, fail-open.
+
+Reading goes down the tiers in order (L1 memory, then Redis or Memcached, then SQLite); a hit in a lower tier is
+promoted into the tiers above it (inline for in-process tiers, in the background for remote ones) with the TTL
+it has left. A miss goes upstream once per key at a time (stampede protection: lesson 02's `SingleFlight` serves,
+keyed by the full cache key), and the answer is written to every tier with a TTL that carries jitter, so entries
+written together do not all expire in the same second.
+
+Keys: ``namespace : tenant-hash : p|s : fingerprint``. The fingerprint is the request's canonical key (model,
+messages, every generation parameter). The tenant is a SHA-256 of the API key (or of an explicit tenant id),
+never the key in clear, so one tenant's answer is never served to another and a dump of Redis leaks no secret.
+Plain and streamed answers are stored apart: a stream entry keeps its chunks and their timing for replay.
+
+Per-request controls (`ChatRequest.controls`, as LLM gateways offer them):
+``no_cache`` (do not read), ``no_store`` (do not write), ``cache_ttl`` (seconds), ``cache_namespace``,
+``tenant`` or ``api_key`` (the scope), ``cache_replay`` (``"instant"`` or ``"paced"``); LiteLLM's spelling
+``cache={"no-cache": True, "no-store": True, "ttl": 60, "namespace": "docs"}`` is accepted too.
+Sampled requests (temperature > 0, the API default) are not cached unless `cache_sampled=True`.
+
+Safety: a blob that fails to parse or validate is a miss, deleted and counted (`corrupt`). A remote tier that
+raises or times out is marked down and bypassed for `retry_after_s` (a warning is logged once per outage), then
+tried again; requests keep succeeding from the other tiers and upstream meanwhile (fail-open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
+
+from labkit.cache.base import CorruptEntry, Entry, EntryTooLarge, RecordedChunk, Tier
+from labkit.cache.memory import MemoryTier
+from labkit.cache.replay import ReplayPace, record, replay
+from labkit.chain import Handler, Result
+from labkit.dedup.policy import SamplingPolicy, is_sampled
+from labkit.dedup.singleflight import SingleFlight
+from labkit.request import ChatRequest
+from labkit.stream import ChunkStream
+
+log = logging.getLogger("labkit.cache")
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def tenant_hash(secret: str) -> str:
+    """The tenant scope of an API key or tenant id: 16 hex digits of SHA-256, never the secret itself."""
+    return hashlib.sha256(b"labkit-cache-tenant\0" + secret.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheControls:
+    """What one request asks of the cache (parsed from `ChatRequest.controls`)."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    ttl_s: float | None = None
+    namespace: str | None = None
+    tenant: str | None = None
+    replay: ReplayPace | None = None
+
+    @classmethod
+    def of(cls, controls: Mapping[str, Any]) -> CacheControls:
+        """Parse controls; a value of the wrong type or range raises `ValueError` naming it."""
+        nested = controls.get("cache") or {}
+        if not isinstance(nested, Mapping):
+            raise ValueError("controls['cache'] must be a mapping such as {'no-cache': True, 'ttl': 60}")
+        no_cache = controls.get("no_cache", nested.get("no-cache", False))
+        no_store = controls.get("no_store", nested.get("no-store", False))
+        ttl = controls.get("cache_ttl", nested.get("ttl"))
+        namespace = controls.get("cache_namespace", nested.get("namespace"))
+        replay_pace = controls.get("cache_replay", nested.get("replay"))
+        for name, value in (("no_cache", no_cache), ("no_store", no_store)):
+            if not isinstance(value, bool):
+                raise ValueError(f"cache control {name!r} must be true or false, not {value!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
+            raise ValueError(f"cache control 'ttl' must be a positive number of seconds, not {ttl!r}")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace or ":" in namespace):
+            raise ValueError(f"cache control 'namespace' must be a non-empty string without ':', not {namespace!r}")
+        if replay_pace is not None and replay_pace not in ("instant", "paced"):
+            raise ValueError(f"cache control 'replay' must be 'instant' or 'paced', not {replay_pace!r}")
+        tenant = controls.get("tenant")
+        secret = tenant if tenant is not None else controls.get("api_key")
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            raise ValueError("controls 'tenant' / 'api_key' must be a non-empty string")
+        return cls(no_cache, no_store, float(ttl) if ttl is not None else None, namespace, secret, replay_pace)
+
+
+@dataclasses.dataclass
+class TierStats:
+    """What happened at one tier. `skipped` counts operations not tried because the tier was down."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    promotions: int = 0
+    corrupt: int = 0
+    refused: int = 0
+    errors: int = 0
+    skipped: int = 0
+    outages: int = 0
+    recoveries: int = 0
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """What the layer did: `hits + misses + bypassed == requests`."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    bypassed: int = 0
+    stored: int = 0
+    tiers: dict[str, TierStats] = dataclasses.field(default_factory=dict)
+
+    @property
+    def hit_rate(self) -> float:
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"hit_rate": self.hit_rate}
+
+    def reset(self) -> None:
+        self.requests = self.hits = self.misses = self.bypassed = self.stored = 0
+        for name in self.tiers:
+            self.tiers[name] = TierStats()
+
+
+@dataclasses.dataclass
+class _Health:
+    down_until: float = 0.0  # monotonic; 0 while up
+    down: bool = False
+    last_error: str = ""
+
+
+class _Skip:
+    """A tier operation that did not happen (tier down or failing)."""
+
+
+_SKIPPED = _Skip()
+
+
+class CacheLayer:
+    """Multi-tier read-through / write-through cache of completions and streams, as a chain layer."""
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        *,
+        ttl_s: float = 3600.0,
+        jitter: float = 0.1,
+        api_key: str | None = None,
+        namespace: str = "default",
+        replay_pace: ReplayPace = "instant",
+        stampede_protection: bool = True,
+        cache_sampled: bool = False,
+        retry_after_s: float = 5.0,
+        op_timeout_s: float = 0.25,
+        seed: int | None = 0,
+    ) -> None:
+        if not tiers:
+            raise ValueError("a CacheLayer needs at least one tier")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be distinct, got {names}")
+        if ttl_s <= 0 or not 0 <= jitter < 1:
+            raise ValueError("ttl_s must be positive and jitter in [0, 1)")
+        CacheControls.of({"cache_namespace": namespace, "cache_replay": replay_pace})  # validates both
+        self.tiers: tuple[Tier, ...] = tuple(tiers)
+        self.ttl_s = ttl_s
+        self.jitter = jitter
+        self.namespace = namespace
+        self.replay_pace: ReplayPace = replay_pace
+        self.cache_sampled = cache_sampled
+        self.retry_after_s = retry_after_s
+        self.op_timeout_s = op_timeout_s
+        self.stats = CacheStats(tiers={t.name: TierStats() for t in self.tiers})
+        self._default_tenant = tenant_hash(api_key) if api_key else "public"
+        self._tenants: dict[str, str] = {}
+        self._health = {t.name: _Health() for t in self.tiers}
+        self._random = random.Random(seed)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._flight = (
+            SingleFlight(SamplingPolicy.share(), key=self.cache_key, copy_results=True) if stampede_protection else None
+        )
+
+    # -- keys ----------------------------------------------------------------------------------------------
+
+    def cache_key(self, request: ChatRequest, controls: CacheControls | None = None) -> str:
+        """``namespace:tenant-hash:p|s:fingerprint`` for a request."""
+        ctl = controls if controls is not None else CacheControls.of(request.controls)
+        if ctl.tenant is None:
+            tenant = self._default_tenant
+        else:
+            tenant = self._tenants.get(ctl.tenant) or self._tenants.setdefault(ctl.tenant, tenant_hash(ctl.tenant))
+        return f"{ctl.namespace or self.namespace}:{tenant}:{'s' if request.stream else 'p'}:{request.key}"
+
+    def ttl_for(self, controls: CacheControls) -> float:
+        """The TTL of a new entry: the request's or the layer's, times a jitter factor in [1 - j, 1 + j]."""
+        base = controls.ttl_s or self.ttl_s
+        return base * (1.0 + self.jitter * (2.0 * self._random.random() - 1.0)) if self.jitter else base
+
+    # -- the layer -----------------------------------------------------------------------------------------
+
+    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+        self.stats.requests += 1
+        ctl = CacheControls.of(request.controls) if request.controls else CacheControls()
+        if not self.cache_sampled and is_sampled(request):
+            self.stats.bypassed += 1
+            return await call_next(request)
+        key = self.cache_key(request, ctl)
+        if not ctl.no_cache:
+            first = self.tiers[0]
+            if isinstance(first, MemoryTier) and (entry := first.get_now(key)) is not None:  # the L1 fast path
+                self.stats.hits += 1
+                self.stats.tiers[first.name].hits += 1
+                return self._serve(entry, first.name, request, ctl)
+            found = await self._lookup(key)
+            if found is not None:
+                self.stats.hits += 1
+                return self._serve(found[0], found[1], request, ctl)
+        self.stats.misses += 1
+
+        async def fetch(req: ChatRequest) -> Result:
+            if not ctl.no_cache and self._flight is not None:  # a flight that just ended may have stored it
+                first = self.tiers[0]
+                if isinstance(first, MemoryTier) and (entry := first.get_now(key)) is not None:
+                    return self._serve(entry, first.name, req, ctl)
+            return await self._fetch(key, req, call_next, ctl)
+
+        if self._flight is None or ctl.no_cache:
+            return await fetch(request)
+        return await self._flight(request, fetch)
+
+    async def _fetch(self, key: str, request: ChatRequest, call_next: Handler, ctl: CacheControls) -> Result:
+        started = asyncio.get_running_loop().time()
+        result = await call_next(request)
+        if ctl.no_store:
+            return result
+        ttl = self.ttl_for(ctl)
+        if isinstance(result, ChunkStream):
+            if not request.stream:  # a plain request answered from a lower layer's stream
+                result = await result.collect()
+            else:
+
+                async def store_stream(chunks: list[RecordedChunk]) -> None:
+                    await self.store(key, Entry.of_stream(key, chunks, ttl), ttl)
+
+                return record(result, started, store_stream)
+        await self.store(key, Entry.of_completion(key, result, ttl), ttl)
+        return result
+
+    def _serve(self, entry: Entry, tier: str, request: ChatRequest, ctl: CacheControls) -> Result:
+        if entry.kind == "stream":
+            info = {"cache_tier": tier, "cache_age_s": max(0.0, time.time() - entry.created_at)}
+            return replay(entry.chunks, ctl.replay or self.replay_pace, info=info)
+        assert entry.completion is not None
+        return fresh_copy(entry.completion)
+
+    # -- tiers ---------------------------------------------------------------------------------------------
+
+    async def _lookup(self, key: str) -> tuple[Entry, str] | None:
+        for i, tier in enumerate(self.tiers):
+            stats = self.stats.tiers[tier.name]
+            try:
+                if isinstance(tier, MemoryTier):
+                    entry = tier.get_now(key)
+                else:
+                    got = await self._guarded(tier, lambda t=tier: t.get(key))
+                    if got is _SKIPPED:
+                        continue
+                    entry = got  # type: ignore[assignment]
+            except CorruptEntry as error:
+                stats.corrupt += 1
+                stats.misses += 1
+                log.warning("cache tier %s: corrupt entry deleted (%s)", tier.name, error)
+                await self._guarded(tier, lambda t=tier: t.delete(key))
+                continue
+            if entry is None or entry.expired():
+                stats.misses += 1
+                continue
+            stats.hits += 1
+            if i:
+                self._promote(key, entry, self.tiers[:i])
+            return entry, tier.name
+        return None
+
+    def _promote(self, key: str, entry: Entry, tiers: Sequence[Tier]) -> None:
+        ttl = entry.ttl_left()
+        if ttl <= 0:
+            return
+        remote: list[Tier] = []
+        for tier in tiers:
+            self.stats.tiers[tier.name].promotions += 1
+            if isinstance(tier, MemoryTier):
+                tier.set_now(key, entry)
+            else:
+                remote.append(tier)
+        if remote:
+            task = asyncio.create_task(self._write(key, entry, ttl, remote, promotion=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def store(self, key: str, entry: Entry, ttl_s: float) -> None:
+        """Write an entry to every tier (a tier that is down, or refuses it, is skipped)."""
+        self.stats.stored += 1
+        await self._write(key, entry, ttl_s, self.tiers)
+
+    async def _write(
+        self, key: str, entry: Entry, ttl_s: float, tiers: Sequence[Tier], promotion: bool = False
+    ) -> None:
+        remote = []
+        for tier in tiers:
+            if isinstance(tier, MemoryTier):
+                tier.set_now(key, entry)
+                self.stats.tiers[tier.name].writes += not promotion
+            else:
+                remote.append(tier)
+        if remote:
+            await asyncio.gather(*(self._write_one(tier, key, entry, ttl_s, promotion) for tier in remote))
+
+    async def _write_one(self, tier: Tier, key: str, entry: Entry, ttl_s: float, promotion: bool) -> None:
+        stats = self.stats.tiers[tier.name]
+        try:
+            done = await self._guarded(tier, lambda: tier.set(key, entry, ttl_s))
+        except EntryTooLarge as error:
+            stats.refused += 1
+            log.info("cache tier %s: %s", tier.name, error)
+            return
+        if done is not _SKIPPED and not promotion:
+            stats.writes += 1
+
+    async def _guarded(self, tier: Tier, operation: Callable[[], Awaitable[T]]) -> T | _Skip:
+        """Run one remote-tier operation with a timeout; a failure marks the tier down (fail-open)."""
+        health = self._health[tier.name]
+        stats = self.stats.tiers[tier.name]
+        if health.down and time.monotonic() < health.down_until:
+            stats.skipped += 1
+            return _SKIPPED
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                result = await operation()
+        except (CorruptEntry, EntryTooLarge):
+            raise
+        except Exception as error:  # any failure of a cache tier must not fail the request
+            stats.errors += 1
+            health.last_error = f"{type(error).__name__}: {error}"
+            health.down_until = time.monotonic() + self.retry_after_s
+            if not health.down:
+                health.down = True
+                stats.outages += 1
+                log.warning(
+                    "cache tier %s is down (%s): bypassed, retried in %.1f s",
+                    tier.name,
+                    health.last_error,
+                    self.retry_after_s,
+                )
+            return _SKIPPED
+        if health.down:
+            health.down = False
+            stats.recoveries += 1
+            log.warning("cache tier %s is back", tier.name)
+        return result
+
+    # -- housekeeping ----------------------------------------------------------------------------------------
+
+    def tier_state(self) -> dict[str, dict[str, Any]]:
+        """Each tier's health: up or down, and the last error seen."""
+        return {
+            name: {
+                "down": h.down,
+                "retry_in_s": max(0.0, h.down_until - time.monotonic()) if h.down else 0.0,
+                "last_error": h.last_error,
+            }
+            for name, h in self._health.items()
+        }
+
+    async def flush(self) -> None:
+        """Wait for background promotions to finish (tests and benchmarks call it)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def clear(self) -> None:
+        """Empty every tier that is up."""
+        await self.flush()
+        for tier in self.tiers:
+            await self._guarded(tier, tier.clear)
+
+    async def aclose(self) -> None:
+        await self.flush()
+        for tier in self.tiers:
+            try:
+                await tier.aclose()
+            except Exception as error:  # closing a dead connection must not hide the caller's own error
+                log.info("closing cache tier %s: %s", tier.name, error)
+
+
+def _shallow(model: M, **changes: Any) -> M:
+    """A shallow copy of a pydantic model without validation (pydantic's `model_copy` costs 2-3 times more).
+
+    The fields-set and private state are shared with the original: assigning a field adds its name to the set,
+    which only affects `exclude_unset` dumps of a field that is set in both anyway.
+    """
+    new = object.__new__(type(model))
+    values = model.__dict__.copy()
+    if changes:
+        values.update(changes)
+    setattr_ = object.__setattr__
+    setattr_(new, "__dict__", values)
+    setattr_(new, "__pydantic_fields_set__", model.__pydantic_fields_set__)
+    extra = model.__pydantic_extra__
+    setattr_(new, "__pydantic_extra__", extra.copy() if extra else extra)
+    setattr_(new, "__pydantic_private__", model.__pydantic_private__)
+    return new
+
+
+def fresh_copy(completion: ChatCompletion) -> ChatCompletion:
+    """A copy whose choices, messages and usage are the caller's own (a few µs; a deep copy costs 15-30 µs).
+
+    Enough that a caller editing its answer (text, usage) cannot change what the next hit returns.
+    """
+    choices = [_shallow(c, message=_shallow(c.message)) for c in completion.choices]
+    usage = _shallow(completion.usage) if completion.usage is not None else None
+    return _shallow(completion, choices=choices, usage=usage)
+
+
+__all__ = ["CacheControls", "CacheLayer", "CacheStats", "TierStats", "fresh_copy", "tenant_hash"]

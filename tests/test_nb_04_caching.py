@@ -1,0 +1,99 @@
+"""04_caching: the common advice measured, tier latency, the workload with and without the semantic cache, the
+threshold on labelled pairs, stream replay, controls, and a Redis outage, executed with papermill at small sizes."""
+
+import pytest
+from nbrun import run_notebook
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return run_notebook(
+        "04_caching",
+        tmp_path_factory.mktemp("nb04"),
+        PROFILE="fast",
+        MODEL="gpt-4o",
+        SIM_TPS=400,  # streams last ~50-100 ms: long enough for the paced replay to be measurable
+        MAX_TOKENS=20,
+        LAG_REQUESTS=100,
+        WARM_KEYS=5,
+        HIT_SAMPLES=100,
+        MISS_SAMPLES=3,
+        N_REQUESTS=60,
+        CONCURRENCY=8,
+        OUTAGE_REQUESTS=30,
+        OUTAGE_GAP_S=0.05,
+        OUTAGE_RETRY_S=0.2,
+    )
+
+
+def test_the_prompt_only_key_serves_wrong_answers_and_the_canonical_key_does_not(results):
+    advice = results["common_advice"]
+    assert advice["prompt_key_wrong_hits"] == advice["variants_needing_own_answer"] == 3
+    assert advice["labkit_key_wrong_hits"] == 0
+
+
+def test_the_synchronous_client_stalls_the_event_loop_longer(results):
+    sync, aio = results["common_advice"]["loop_lag"]
+    assert sync["loop_lag_max_ms"] > aio["loop_lag_max_ms"]
+
+
+def test_every_tier_hit_is_faster_than_a_miss_and_memory_is_fastest(results):
+    tiers = {row["tier"]: row["p50_us"] for row in results["tiers"]}
+    miss = tiers.pop("miss (the service)")
+    assert all(p50 < miss for p50 in tiers.values())
+    assert tiers["memory"] == min(tiers.values())
+
+
+def test_an_in_process_l1_beats_the_guides_redis_first_stack(results):
+    guide, ours = results["stacks"]
+    assert ours["hit p50 (µs)"] < guide["hit p50 (µs)"]
+
+
+def test_the_semantic_cache_adds_hits_without_serving_wrong_answers(results):
+    exact, both = results["workload"]["runs"]
+    assert exact["semantic hits"] == 0 and exact["wrong answers served"] == 0
+    assert both["hit rate"] >= exact["hit rate"] and both["upstream calls"] <= exact["upstream calls"]
+    assert both["wrong answers served"] <= 1
+    for run in (exact, both):
+        assert run["upstream calls"] == round(run["requests"] * (1 - run["hit rate"]))
+        assert 0 < run["cost saved"] < 1
+
+
+def test_the_threshold_is_checked_on_held_out_pairs(results):
+    ev = results["semantic_eval"]
+    assert ev["heldout"]["false_hit_rate"] < 0.01
+    assert ev["heldout_cosine_only"]["false_hit_rate"] > 0.1
+    low, high = ev["heldout"]["false_hit_rate_ci95"]
+    assert low <= ev["heldout"]["false_hit_rate"] <= high
+
+
+def test_a_replayed_stream_has_the_same_text_and_the_paced_one_keeps_its_timing(results):
+    live, instant, paced = results["streams"]
+    assert results["streams_same_text"]
+    assert live["source"] == "upstream" and instant["source"] == paced["source"] == "cache"
+    assert instant["total_ms"] < live["total_ms"] / 2
+    assert paced["total_ms"] > 0.7 * live["total_ms"] - 5  # the recorded pace, less the request overhead
+
+
+def test_controls_and_tenants_decide_what_goes_upstream(results):
+    went = {row["request"]: row["went upstream"] for row in results["controls"]}
+    assert went == {
+        "same tenant": False,
+        "no_cache": True,
+        "no_store, other namespace": True,
+        "other namespace again": True,
+        "another tenant": True,
+        "LiteLLM-style ttl": True,
+    }
+
+
+def test_requests_succeed_through_a_redis_outage_and_redis_is_used_again(results):
+    outage = results["outage"]
+    assert outage["succeeded"] == outage["requests"]
+    if outage["restarted"]:
+        assert outage["redis"]["outages"] == 1 and outage["redis"]["recoveries"] == 1
+        during = outage["sources"][outage["stopped_at"] : outage["back_at"]]
+        after = outage["sources"][outage["back_at"] :]
+        assert "redis" not in during[1:] and "redis" in after

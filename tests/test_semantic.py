@@ -1,0 +1,253 @@
+"""The semantic cache: the offline embedding model against the reference model, the guard against hard
+negatives, the labelled pairs, the held-out precision at the threshold chosen on the tuning split, and the layer
+over the real simulated service."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from labkit.cache.embeddings import (
+    REFERENCE_MIN_COSINE,
+    MiniLMEmbedder,
+    ModelIntegrityError,
+    compare_with_reference,
+    default_embedder,
+    onnx_model_path,
+)
+from labkit.cache.guard import veto
+from labkit.cache.semantic import (
+    DEFAULT_THRESHOLD,
+    SemanticCache,
+    VectorIndex,
+    evaluate,
+    load_pairs,
+    wilson,
+)
+from labkit.chain import Chain
+from labkit.endpoint import Endpoint
+from labkit.request import ChatRequest
+from labkit.transport import OpenAITransport
+
+MODEL = "gpt-4o"
+
+# -- the model --------------------------------------------------------------------------------------------------
+
+
+def test_embeddings_match_the_reference_model_on_every_sentence():
+    report = compare_with_reference()
+    assert report["sentences"] >= 60
+    assert report["min_cosine"] >= REFERENCE_MIN_COSINE
+    assert report["mean_cosine"] >= 0.999
+
+
+def test_embeddings_are_unit_vectors_of_384_dimensions():
+    vectors = default_embedder().embed(["one", "two sentences here"])
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_refuses_a_bare_string():
+    with pytest.raises(TypeError, match="list of texts"):
+        default_embedder().embed("not a list")
+
+
+def test_the_model_loads_and_runs_offline(tmp_path):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "empty-hf-home"),  # no cached hub files to fall back on
+        "HTTP_PROXY": "http://127.0.0.1:9",  # any network attempt would fail
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    code = "from labkit.cache.embeddings import MiniLMEmbedder; print(MiniLMEmbedder().embed(['offline?']).shape)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 384)"
+
+
+def test_a_model_file_that_is_not_the_pinned_one_is_refused(tmp_path):
+    tampered = tmp_path / "model.onnx"
+    shutil.copy(onnx_model_path(), tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ModelIntegrityError, match="SHA-256"):
+        MiniLMEmbedder(model_path=tampered)
+
+
+# -- the guard ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a, b, reason",
+    [
+        ("How do I convert kilograms to pounds?", "How do I convert pounds to kilograms?", "swapped_roles"),
+        ("Did the referee warn the coach?", "Did the coach warn the referee?", "swapped_roles"),
+        ("Is Berlin bigger than Munich?", "Is Munich bigger than Berlin?", "swapped_roles"),
+        ("How many seats does a plane with 3 engines have?", "How many seats does a plane with 4 engines have?",
+         "other_number"),
+        ("Can I freeze cooked pasta?", "Can I not freeze cooked pasta?", "negation"),
+        ("How do I increase the font size?", "How do I decrease the font size?", "antonym"),
+        ("What is the population of Madrid?", "What is the population of Lisbon?", "other_name"),
+        ("How do I peel a mango quickly?", "How do I peel a kiwi quickly?", "minimal_pair"),
+    ],
+)  # fmt: skip
+def test_the_guard_vetoes_hard_negatives(a, b, reason):
+    assert veto(a, b) == reason
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("How do I convert kilograms to pounds?", "What's the way to turn kilograms into pounds?"),
+        ("What is the population of Madrid?", "How many people live in Madrid?"),
+        ("How long should I steep green tea?", "For how many minutes do I steep green tea?"),
+        ("Can I freeze cooked pasta?", "Is it okay to freeze pasta after cooking it?"),
+    ],
+)
+def test_the_guard_lets_paraphrases_through(a, b):
+    assert veto(a, b) is None
+
+
+# -- the labelled pairs -----------------------------------------------------------------------------------------
+
+
+def test_the_labelled_set_has_300_pairs_of_every_kind_in_both_splits():
+    pairs = load_pairs()
+    assert len(pairs) >= 300
+    kinds = {"paraphrase", "negation", "antonym", "swapped_roles", "other_number", "other_place", "other_name"}
+    for split in ("tuning", "heldout"):
+        assert kinds <= {p["kind"] for p in pairs if p["split"] == split}, split
+    assert len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
+    assert all((p["label"] == 1) == (p["kind"] == "paraphrase") for p in pairs)
+
+
+def test_no_question_group_straddles_the_split():
+    splits = {}
+    for p in load_pairs():
+        splits.setdefault(p["group"], set()).add(p["split"])
+    assert all(len(s) == 1 for s in splits.values())
+
+
+def test_a_malformed_pairs_file_is_refused_with_its_line(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"a": "x", "b": "y", "label": 1, "kind": "paraphrase", "split": "tuning"}\n{"a": "x"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2"):
+        load_pairs(bad)
+
+
+def test_wilson_interval():
+    low, high = wilson(0, 100)
+    assert low == 0.0 and high == pytest.approx(0.037, abs=0.001)
+    low, high = wilson(50, 100)
+    assert low == pytest.approx(0.404, abs=0.002) and high == pytest.approx(0.596, abs=0.002)
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    return evaluate()
+
+
+def test_the_threshold_in_the_library_is_the_one_chosen_on_the_tuning_split(evaluation):
+    assert evaluation["threshold"] == DEFAULT_THRESHOLD
+    assert evaluation["tuning"]["fp"] == 0
+
+
+def test_held_out_false_hit_rate_is_under_one_percent(evaluation):
+    held = evaluation["heldout"]
+    assert held["tp"] + held["fp"] >= 50  # enough served pairs for the rate to mean something
+    assert held["false_hit_rate"] < 0.01
+    low, high = held["false_hit_rate_ci95"]
+    assert low <= held["false_hit_rate"] <= high
+
+
+def test_the_guard_is_what_makes_the_cache_safe(evaluation):
+    assert evaluation["heldout_cosine_only"]["false_hit_rate"] > 10 * max(evaluation["heldout"]["false_hit_rate"], 0.01)
+
+
+def test_held_out_recall_is_reported_with_its_interval(evaluation):
+    held = evaluation["heldout"]
+    assert 0.3 <= held["recall"] <= 1.0
+    low, high = held["recall_ci95"]
+    assert low < held["recall"] < high
+
+
+# -- the index and the layer ---------------------------------------------------------------------------------------
+
+
+def test_vector_index_returns_the_best_first_and_evicts_the_oldest():
+    index = VectorIndex(2, max_entries=3)
+    for i, angle in enumerate([0.0, 0.5, 1.0, 1.5]):
+        index.add(np.array([np.cos(angle), np.sin(angle)], dtype=np.float32), i)
+    assert len(index) == 3
+    found = index.search(np.array([1.0, 0.0], dtype=np.float32), k=3)
+    assert [payload for _, payload in found] == [1, 2, 3]  # entry 0 was evicted
+    assert found[0][0] > found[1][0] > found[2][0]
+
+
+class Counting:
+    def __init__(self):
+        self.calls = 0
+
+    async def __call__(self, request, call_next):
+        self.calls += 1
+        return await call_next(request)
+
+
+@pytest.fixture
+async def semantic_chain(sim):
+    async with OpenAITransport(Endpoint(sim.base_url)) as transport:
+        cache = SemanticCache(default_embedder())
+        counting = Counting()
+        yield Chain(transport, [cache, counting]), cache, counting
+
+
+def ask(text, **extra):
+    controls = extra.pop("controls", None)
+    return ChatRequest.create(MODEL, text, controls=controls, **{"max_tokens": 20, "temperature": 0, **extra})
+
+
+async def test_a_paraphrase_is_served_from_the_semantic_cache(semantic_chain):
+    chain, cache, upstream = semantic_chain
+    first = await chain(ask("What is the capital of Australia?"))
+    second = await chain(ask("Which city is Australia's capital?"))
+    assert upstream.calls == 1 and cache.stats.hits == 1
+    assert second.choices[0].message.content == first.choices[0].message.content
+
+
+async def test_a_hard_negative_is_vetoed_and_goes_upstream(semantic_chain):
+    chain, cache, upstream = semantic_chain
+    await chain(ask("How do I convert Celsius to Fahrenheit?"))
+    await chain(ask("How do I convert Fahrenheit to Celsius?"))
+    assert upstream.calls == 2 and cache.stats.hits == 0
+    assert cache.stats.vetoed["swapped_roles"] == 1
+
+
+async def test_semantic_hits_stay_within_model_parameters_and_tenant(semantic_chain):
+    chain, _, upstream = semantic_chain
+    await chain(ask("What is the capital of Australia?"))
+    await chain(ask("Which city is Australia's capital?", max_tokens=5))
+    await chain(ask("Which city is Australia's capital?").replace(model="gpt-4o-mini"))
+    await chain(ask("Which city is Australia's capital?", controls={"tenant": "other"}))
+    assert upstream.calls == 4
+
+
+async def test_streams_and_sampled_requests_bypass_the_semantic_cache(semantic_chain):
+    chain, cache, _upstream = semantic_chain
+    stream = await chain(ask("Tell me a story", stream=True))
+    await stream.text()
+    await chain(ask("Tell me a story", temperature=0.7))
+    assert cache.stats.bypassed == 2 and len(cache) == 0
+
+
+def test_kinds_are_balanced_enough_to_measure(evaluation):
+    per_kind = evaluation["heldout_per_kind"]
+    assert Counter({k: v["pairs"] for k, v in per_kind.items()})["paraphrase"] >= 100
+    json.dumps(per_kind)  # plain data (the notebook writes it to its results)
