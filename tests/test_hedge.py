@@ -1,0 +1,96 @@
+"""Hedged requests against two real simulated services: the first answer wins and the loser is cancelled
+upstream (the service counts the disconnect); the delay comes from observed first-token times; the cap holds."""
+
+import asyncio
+
+import pytest
+
+from labkit.balancer import Backend, Balancer
+from labkit.chain import Chain
+from labkit.hedge import HedgeLayer
+from labkit.services import start_sim
+from labkit.transport import OpenAITransport
+
+
+@pytest.fixture(scope="module")
+def other_sim():
+    with start_sim("fast", seed=1) as service:
+        yield service
+
+
+@pytest.fixture
+async def pair(fresh_sim, other_sim):
+    """A chain over [other_sim, fresh_sim] in round-robin order (the primary goes to other_sim first)."""
+    await other_sim.areset()
+    transports = [OpenAITransport(other_sim.endpoint), OpenAITransport(fresh_sim.endpoint)]
+    yield transports, other_sim, fresh_sim
+    for t in transports:
+        await t.aclose()
+    await other_sim.areset()
+
+
+def chain_of(transports, hedge):
+    backends = [Backend(name, t) for name, t in zip(("first", "second"), transports, strict=True)]
+    return Chain(Balancer(backends, "round_robin"), [hedge])
+
+
+async def disconnects(sim, expected, wait_s=3.0):
+    """The service notices a closed connection a moment after the client closes it."""
+    for _ in range(int(wait_s / 0.05)):
+        count = (await sim.astats())["disconnects"]
+        if count >= expected:
+            return count
+        await asyncio.sleep(0.05)
+    return (await sim.astats())["disconnects"]
+
+
+async def test_the_hedge_wins_and_the_hung_primary_is_cancelled_upstream(pair):
+    transports, first, _second = pair
+    await first.aset_faults({"hang_rate": 1.0})
+    hedge = HedgeLayer(delay_s=0.1)
+    log = []
+    text = await (await chain_of(transports, hedge).stream("hi", model="gpt-4o", controls={"route_log": log})).text()
+    assert text and hedge.stats.hedged == 1 and hedge.stats.hedge_won == 1 and hedge.stats.losers_cancelled == 1
+    assert log == ["first", "second"]
+    assert await disconnects(first, 1) == 1
+
+
+async def test_when_the_primary_wins_the_hedge_is_cancelled_upstream(pair):
+    transports, first, second = pair
+    await first.aset_faults({"slow_first_byte": {"rate": 1.0, "delay_s": 0.3}})
+    await second.aset_faults({"hang_rate": 1.0})
+    hedge = HedgeLayer(delay_s=0.05)
+    text = await (await chain_of(transports, hedge).stream("hi", model="gpt-4o")).text()
+    assert text and hedge.stats.primary_won == 1
+    assert await disconnects(second, 1) == 1 and (await first.astats())["disconnects"] == 0
+
+
+async def test_no_hedge_when_the_first_token_comes_in_time(pair):
+    transports, first, second = pair
+    hedge = HedgeLayer(delay_s=2.0)
+    await (await chain_of(transports, hedge).stream("hi", model="gpt-4o")).text()
+    assert hedge.stats.hedged == 0
+    assert (await first.astats())["requests_total"] + (await second.astats())["requests_total"] == 1
+
+
+async def test_the_cap_stops_hedging(pair):
+    transports, first, _second = pair
+    await first.aset_faults({"slow_first_byte": {"rate": 1.0, "delay_s": 0.2}})
+    hedge = HedgeLayer(delay_s=0.01, max_share=0.0)
+    await (await chain_of(transports, hedge).stream("hi", model="gpt-4o")).text()
+    assert hedge.stats.hedged == 0 and hedge.stats.capped == 1
+
+
+def test_the_delay_is_the_quantile_of_observed_first_tokens():
+    hedge = HedgeLayer(quantile=90, min_samples=10)
+    assert hedge.delay_s() is None  # not enough samples: no hedging
+    hedge.samples.extend(i / 100 for i in range(1, 101))
+    assert hedge.delay_s() == pytest.approx(0.901)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"quantile": 100}, {"max_share": 1.5}, {"min_samples": 0}, {"delay_s": -1}, {"burst": 0.5}]
+)
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        HedgeLayer(**kwargs)
