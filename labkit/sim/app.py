@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from labkit.sim import errors
+from labkit.sim import batches, errors
 from labkit.sim.config import Profile, SimConfig
 from labkit.sim.engine import Engine
 from labkit.sim.errors import APIError
@@ -603,6 +603,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     config = config or SimConfig()
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware])
     app[STATE] = SimState(config)
+    batches.setup(app, app[STATE])
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)

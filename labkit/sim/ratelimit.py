@@ -2,9 +2,11 @@
 
 Each key has two buckets: requests (capacity RPM) and tokens (capacity TPM), each refilling linearly at
 capacity/60 per second, so a key that has just been throttled recovers gradually rather than at the turn
-of a minute. A request costs one request and its estimated tokens (prompt + max_tokens, or a default
-estimate when max_tokens is absent), checked before any work is done; the unused part of the estimate is
-given back when the request finishes. The six `x-ratelimit-*` headers are computed from the same state.
+of a minute. `burst_s` (default 60) sets how many seconds of the rate a full bucket holds: real limits "may be
+quantized" (OpenAI: 60,000 RPM may be enforced as 1,000 requests per second), which `burst_s=1` reproduces.
+A request costs one request and its estimated tokens (prompt + max_tokens, or a default estimate when
+max_tokens is absent), checked before any work is done; the unused part of the estimate is given back
+when the request finishes. The six `x-ratelimit-*` headers are computed from the same state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from labkit.sim import errors
 DEFAULT_RPM = 10_000
 DEFAULT_TPM = 10_000_000
 DEFAULT_COMPLETION_ESTIMATE = 256
+DEFAULT_BURST_S = 60.0
 
 
 def go_duration(seconds: float) -> str:
@@ -58,16 +61,16 @@ class _Bucket:
 
     __slots__ = ("req", "t", "tok")
 
-    def __init__(self, limits: Limits, now: float) -> None:
-        self.req = float(limits.rpm)
-        self.tok = float(limits.tpm)
+    def __init__(self, limits: Limits, now: float, burst: float = 1.0) -> None:
+        self.req = limits.rpm * burst
+        self.tok = limits.tpm * burst
         self.t = now
 
-    def refill(self, limits: Limits, now: float) -> None:
+    def refill(self, limits: Limits, now: float, burst: float = 1.0) -> None:
         dt = now - self.t
         if dt > 0:
-            self.req = min(limits.rpm, self.req + dt * limits.rpm / 60.0)
-            self.tok = min(limits.tpm, self.tok + dt * limits.tpm / 60.0)
+            self.req = min(limits.rpm * burst, self.req + dt * limits.rpm / 60.0)
+            self.tok = min(limits.tpm * burst, self.tok + dt * limits.tpm / 60.0)
             self.t = now
 
 
@@ -91,6 +94,7 @@ class RateLimiter:
             "tpm": self._default.tpm,
             "keys": {k: {"rpm": v.rpm, "tpm": v.tpm} for k, v in self._per_key.items()},
             "default_completion_estimate": self.default_completion_estimate,
+            "burst_s": self.burst_s,
         }
 
     def replace(self, raw: Any) -> dict[str, Any]:
@@ -98,7 +102,7 @@ class RateLimiter:
         missing ones keep their current value). Bucket levels restart full."""
         if not isinstance(raw, dict):
             raise LimitsConfigError("limits must be an object")
-        unknown = set(raw) - {"rpm", "tpm", "keys", "default_completion_estimate"}
+        unknown = set(raw) - {"rpm", "tpm", "keys", "default_completion_estimate", "burst_s"}
         if unknown:
             raise LimitsConfigError(f"unknown field(s) in limits: {', '.join(sorted(unknown))}")
         current = getattr(self, "_default", Limits(DEFAULT_RPM, DEFAULT_TPM))
@@ -124,6 +128,10 @@ class RateLimiter:
             ),
             "default_completion_estimate",
         )
+        burst_s = raw.get("burst_s", getattr(self, "burst_s", DEFAULT_BURST_S))
+        if isinstance(burst_s, bool) or not isinstance(burst_s, int | float) or not 0 < burst_s <= 60:
+            raise LimitsConfigError("burst_s must be a number of seconds in (0, 60]")
+        self.burst_s = float(burst_s)
         self._default = default
         self._per_key = per_key
         self.default_completion_estimate = estimate
@@ -139,9 +147,9 @@ class RateLimiter:
         now = time.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(limits, now)
+            bucket = self._buckets[key] = _Bucket(limits, now, self.burst_s / 60.0)
         else:
-            bucket.refill(limits, now)
+            bucket.refill(limits, now, self.burst_s / 60.0)
         return limits, bucket
 
     def acquire(self, key: str, tokens: int, model: str) -> dict[str, str]:
@@ -157,31 +165,32 @@ class RateLimiter:
                 f"Requested {tokens}. The input or output tokens must be reduced in order to run successfully."
             )
             raise err
-        if b.tok < tokens:
-            wait = (tokens - b.tok) * 60.0 / limits.tpm
+        need = min(tokens, limits.tpm * self.burst_s / 60.0)  # a request larger than the bucket waits for a full one
+        if b.tok < need:
+            wait = (need - b.tok) * 60.0 / limits.tpm
             raise errors.rate_limited("tokens", limits.tpm, limits.tpm - b.tok, tokens, wait, model)
         b.req -= 1.0
         b.tok -= tokens
-        return self._headers(limits, b)
+        return self._headers(limits, b, self.burst_s / 60.0)
 
     def refund(self, key: str, tokens: int) -> None:
         """Give back the part of a request's estimate it did not use."""
         if tokens > 0:
             limits, b = self._state(key)
-            b.tok = min(float(limits.tpm), b.tok + tokens)
+            b.tok = min(limits.tpm * self.burst_s / 60.0, b.tok + tokens)
 
     def headers(self, key: str) -> dict[str, str]:
         """The six rate-limit headers of `key` without charging anything."""
         limits, b = self._state(key)
-        return self._headers(limits, b)
+        return self._headers(limits, b, self.burst_s / 60.0)
 
     @staticmethod
-    def _headers(limits: Limits, b: _Bucket) -> dict[str, str]:
+    def _headers(limits: Limits, b: _Bucket, burst: float = 1.0) -> dict[str, str]:
         return {
             "x-ratelimit-limit-requests": str(limits.rpm),
             "x-ratelimit-limit-tokens": str(limits.tpm),
             "x-ratelimit-remaining-requests": str(max(0, math.floor(b.req))),
             "x-ratelimit-remaining-tokens": str(max(0, math.floor(b.tok))),
-            "x-ratelimit-reset-requests": go_duration((limits.rpm - b.req) * 60.0 / limits.rpm),
-            "x-ratelimit-reset-tokens": go_duration((limits.tpm - b.tok) * 60.0 / limits.tpm),
+            "x-ratelimit-reset-requests": go_duration((limits.rpm * burst - b.req) * 60.0 / limits.rpm),
+            "x-ratelimit-reset-tokens": go_duration((limits.tpm * burst - b.tok) * 60.0 / limits.tpm),
         }

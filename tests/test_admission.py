@@ -1,0 +1,184 @@
+"""The admission layer: token buckets, the limiter against a real rate-limited sim, Redis GCRA, adaptive AIMD."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+import redis.asyncio as aioredis
+
+from labkit.adaptive import AdaptiveConcurrency
+from labkit.admission import AdmissionLayer, LocalBudget, TokenBucket, estimate_tokens, parse_duration
+from labkit.chain import Chain
+from labkit.ratelimit_redis import RedisBudget
+from labkit.request import ChatRequest
+from labkit.tokens import count_messages
+from labkit.transport import OpenAITransport
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_waits_in_proportion_to_the_missing_amount():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=10, clock=clock)
+    bucket.take(10)
+    assert bucket.wait_time(5) == pytest.approx(0.5)
+    clock.now = 0.5
+    assert bucket.wait_time(5) == 0
+
+
+def test_bucket_never_refills_past_its_capacity():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=10, clock=clock)
+    clock.now = 100
+    assert bucket.available() == 10
+
+
+def test_a_charge_larger_than_the_bucket_waits_only_for_a_full_bucket():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=10, clock=clock)
+    assert bucket.wait_time(50) == 0
+    bucket.take(50)
+    assert bucket.wait_time(1) == pytest.approx(4.1)
+
+
+def test_bucket_refuses_a_zero_rate():
+    with pytest.raises(ValueError, match="positive rate"):
+        TokenBucket(rate=0, capacity=1)
+
+
+def test_sync_lowers_the_level_to_what_the_service_reports_but_never_raises_it():
+    budget = LocalBudget(rpm=600, tpm=60_000, burst_s=1.0, headroom=0.0, slack_s=0.0)
+    budget.sync({"x-ratelimit-remaining-requests": "2", "x-ratelimit-remaining-tokens": "100000"})
+    assert budget.requests.available() == pytest.approx(2, abs=0.1)
+    assert budget.tokens.available() == pytest.approx(1000, abs=5)
+
+
+async def test_refunds_of_requests_admitted_before_a_sync_are_not_counted_twice():
+    budget = LocalBudget(rpm=600, tpm=60_000, burst_s=1.0, headroom=0.0, slack_s=0.0)
+    assert await budget.try_acquire(500) == 0
+    ticket = budget.ticket()
+    budget.sync({"x-ratelimit-remaining-tokens": "100"}, ticket)
+    await budget.refund(400, ticket=ticket)
+    assert budget.tokens.available() < 150
+
+
+def test_estimate_is_prompt_tokens_plus_the_completion_cap():
+    request = ChatRequest.create("gpt-4o", "How many tokens is this?", max_tokens=50)
+    assert estimate_tokens(request) == count_messages(request.messages, "gpt-4o") + 50
+
+
+def test_go_durations_parse_to_seconds():
+    assert parse_duration("6m0s") == 360
+    assert parse_duration("12ms") == pytest.approx(0.012)
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("soon") is None
+
+
+def test_admission_layer_needs_limits_or_a_budget():
+    with pytest.raises(ValueError, match="rpm and tpm"):
+        AdmissionLayer(rpm=100)
+
+
+async def test_gather_through_admission_gets_no_429_where_bare_gather_does(fresh_sim):
+    fresh_sim.set_limits(rpm=1200, tpm=100_000, burst_s=0.5)
+    prompts = [f"item {i}" for i in range(30)]
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        bare = await asyncio.gather(
+            *(Chain(transport).complete(p, model="gpt-4o", max_tokens=5) for p in prompts), return_exceptions=True
+        )
+        assert any(isinstance(r, openai.RateLimitError) for r in bare)
+        fresh_sim.reset()
+        fresh_sim.set_limits(rpm=1200, tpm=100_000, burst_s=0.5)
+        layer = AdmissionLayer(1200, 100_000, max_concurrency=32, burst_s=0.25)  # below the service's 0.5 s
+        chain = Chain(transport, [layer])
+        paced = await asyncio.gather(*(chain.complete(p, model="gpt-4o", max_tokens=5) for p in prompts))
+    assert len(paced) == 30
+    assert fresh_sim.stats()["requests_by_status"].get("429", 0) == 0
+
+
+async def test_admission_refunds_the_unused_estimate_from_usage(fresh_sim):
+    layer = AdmissionLayer(10_000, 1_000_000)
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        completion = await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=500)
+    assert layer.stats.used_tokens == completion.usage.total_tokens < layer.stats.estimated_tokens
+
+
+async def test_admission_reads_the_rate_limit_headers_of_each_answer(fresh_sim):
+    layer = AdmissionLayer(10_000, 1_000_000)
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
+    assert layer.stats.header_syncs == 1
+
+
+async def test_admission_passes_streams_through_and_frees_the_slot_when_closed(fresh_sim):
+    layer = AdmissionLayer(10_000, 1_000_000, max_concurrency=1)
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        chain = Chain(transport, [layer])
+        async with await chain.stream("hi", model="gpt-4o", max_tokens=5) as stream:
+            assert await stream.text()
+        assert layer.stats.in_flight == 0
+        assert (await chain.complete("again", model="gpt-4o", max_tokens=5)).choices
+
+
+async def test_a_429_pauses_the_layer_and_is_counted(fresh_sim):
+    fresh_sim.set_faults({"error_rates": {"429": 1.0}, "retry_after_s": 0.2})
+    layer = AdmissionLayer(10_000, 1_000_000)
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        with pytest.raises(openai.RateLimitError):
+            await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
+    assert layer.stats.rate_limited == 1
+    assert layer._paused_until > 0
+
+
+async def test_redis_budget_shares_one_limit_between_two_budgets(redis_service):
+    client = aioredis.from_url(redis_service.url)
+    try:
+        a = RedisBudget(client, "test:shared", rpm=60, tpm=1_000_000, burst_s=1.0, headroom=0.0)
+        b = RedisBudget(client, "test:shared", rpm=60, tpm=1_000_000, burst_s=1.0, headroom=0.0)
+        await a.reset()
+        assert await a.try_acquire(10) == 0
+        wait = await b.try_acquire(10)
+        assert 0.5 < wait <= 1.0
+    finally:
+        await client.aclose()
+
+
+async def test_redis_budget_refund_makes_room_again(redis_service):
+    client = aioredis.from_url(redis_service.url)
+    try:
+        budget = RedisBudget(client, "test:refund", rpm=6000, tpm=600, burst_s=1.0, headroom=0.0)
+        await budget.reset()
+        assert await budget.try_acquire(10) == 0
+        assert await budget.try_acquire(10) > 0
+        await budget.refund(10)
+        assert await budget.try_acquire(10) == 0
+    finally:
+        await client.aclose()
+
+
+def test_adaptive_limit_grows_while_latency_stays_near_the_baseline():
+    layer = AdaptiveConcurrency(initial=2)
+    for _ in range(20):
+        layer._update(0.1, overloaded=False)
+    assert layer.limit > 4
+
+
+def test_adaptive_limit_backs_off_when_latency_grows():
+    layer = AdaptiveConcurrency(initial=10, backoff=0.5)
+    layer._update(0.1, overloaded=False)
+    for _ in range(10):
+        layer._update(1.0, overloaded=False)
+    assert layer.limit < 10
+
+
+def test_adaptive_refuses_a_tolerance_that_cannot_detect_queueing():
+    with pytest.raises(ValueError, match="tolerance"):
+        AdaptiveConcurrency(tolerance=1.0)
