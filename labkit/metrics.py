@@ -1,8 +1,10 @@
-"""The first metrics layer: one record per request (latency, time to first token, tokens, cost, outcome).
+"""The metrics layer: one record per request (latency, time to first token, tokens, cost, outcome).
 
 It sits outermost in the chain so it sees what the caller sees, cache hits and retries included. Times
 come from `time.perf_counter()` (a monotonic clock: `time.time()` can jump). Records are kept in a bounded
-deque, so memory does not grow with traffic; lesson 07 adds histograms and Prometheus exposition.
+deque, so memory does not grow with traffic. Lesson 07: every finished request also feeds a
+`labkit.monitoring.Metrics` (bounded histograms with ±1 % quantiles, counters, totals and a rolling window),
+and the layer opens a `labkit.timing.StageLog` for it, so layers below can mark where its time went.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
 
 from labkit.chain import Handler, Result
+from labkit.monitoring.registry import Metrics
 from labkit.pricing import PriceTable, default_prices
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
+from labkit.timing import StageLog, opened
 
 
 @dataclasses.dataclass
@@ -45,6 +49,8 @@ class RequestRecord:
     itl_p50_s: float | None = None
     itl_p95_s: float | None = None
     usage_estimated: bool = False
+    # seconds per stage of this request (labkit.timing); they add up to latency_s
+    stages: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,29 +120,47 @@ def outcome_of(error: BaseException) -> str:
 
 
 class MetricsLayer:
-    """Record every request passing through; streams are timed chunk by chunk as the caller reads them."""
+    """Record every request passing through; streams are timed chunk by chunk as the caller reads them.
 
-    def __init__(self, recorder: MetricsRecorder | None = None, prices: PriceTable | None = None) -> None:
+    `metrics` (a `labkit.monitoring.Metrics`, one is made if not given) gets histograms and counters of every
+    finished request. `source_mark` names a `labkit.timing` checkpoint placed right below the cache (for example
+    `StageMark("cache_lookup")`): a plain answer that never passed it was served from the cache (streams say so
+    themselves in `info["source"]`).
+    """
+
+    def __init__(
+        self,
+        recorder: MetricsRecorder | None = None,
+        prices: PriceTable | None = None,
+        *,
+        metrics: Metrics | None = None,
+        source_mark: str | None = None,
+    ) -> None:
         self.recorder = recorder or MetricsRecorder()
         self.prices = prices or default_prices()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.source_mark = source_mark
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         record = RequestRecord(key=request.key, model=request.model, stream=request.stream, started=time.perf_counter())
+        log = StageLog(record.started)
         try:
-            result = await call_next(request)
+            with opened(log):
+                result = await call_next(request)
         except BaseException as error:
-            self._finish(record, outcome_of(error))
+            self._finish(record, log, outcome_of(error))
             raise
         if isinstance(result, ChunkStream):
             record.source = str(result.info.get("source", "upstream"))
-            return result.wrap(lambda chunks: self._observe(record, request, chunks))
-        record.source = "upstream"
+            return result.wrap(lambda chunks: self._observe(record, log, request, chunks))
+        passed = self.source_mark is None or log.reached(self.source_mark)
+        record.source = "upstream" if passed else "cache"
         self._account(record, result.model, result.usage)
-        self._finish(record, "ok")
+        self._finish(record, log, "ok")
         return result
 
     async def _observe(
-        self, record: RequestRecord, request: ChatRequest, chunks: AsyncIterator[ChatCompletionChunk]
+        self, record: RequestRecord, log: StageLog, request: ChatRequest, chunks: AsyncIterator[ChatCompletionChunk]
     ) -> AsyncIterator[ChatCompletionChunk]:
         outcome = "cancelled"  # a caller that stops reading early closed the stream
         parts: list[str] = []
@@ -152,6 +176,7 @@ class MetricsLayer:
                             gaps.append(now - last)
                         else:
                             record.ttft_s = now - record.started
+                            log.mark("first_token", now)
                         last = now
                         parts.append(choice.delta.content)
                         break
@@ -164,13 +189,13 @@ class MetricsLayer:
             raise
         finally:
             record.chunks = len(parts)
+            if record.completion_tokens == 0 and parts and outcome != "ok":
+                self._estimate(record, request, "".join(parts))
+            self._finish(record, log, outcome, gaps)
             if gaps:
                 gaps.sort()
                 record.itl_p50_s = _sorted_percentile(gaps, 50)
                 record.itl_p95_s = _sorted_percentile(gaps, 95)
-            if record.completion_tokens == 0 and parts and outcome != "ok":
-                self._estimate(record, request, "".join(parts))
-            self._finish(record, outcome)
 
     def _estimate(self, record: RequestRecord, request: ChatRequest, text: str) -> None:
         """No usage chunk arrived (stopped or broken stream): count the prompt and the partial text."""
@@ -193,12 +218,19 @@ class MetricsLayer:
             price_model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
         )
 
-    def _finish(self, record: RequestRecord, outcome: str) -> None:
+    def _finish(self, record: RequestRecord, log: StageLog, outcome: str, gaps: list[float] | None = None) -> None:
         if record.latency_s is not None:
             return
-        record.latency_s = time.perf_counter() - record.started
+        end = time.perf_counter()
+        record.latency_s = end - record.started
         record.outcome = outcome
+        if not record.stream:
+            log.mark("response", end)
+        else:
+            log.mark("decode" if record.ttft_s is not None else "first_token", end)
+        record.stages = log.stages()
         self.recorder.add(record)
+        self.metrics.record(record, itl=gaps or (), stages=record.stages)
 
 
 def _sorted_percentile(ordered: list[float], q: float) -> float:

@@ -1,0 +1,118 @@
+"""labkit.monitoring.histogram and registry: the error bound, bounded memory, bad input, windows."""
+
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from labkit.metrics import RequestRecord
+from labkit.monitoring import Histogram, Metrics, Rolling
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lognormal(n, seed=0):
+    rng = random.Random(seed)
+    return [rng.lognormvariate(-0.5, 0.9) for _ in range(n)]
+
+
+@pytest.mark.parametrize("q", [0.01, 0.5, 0.9, 0.95, 0.99, 0.999])
+def test_quantiles_are_within_the_stated_relative_error(q):
+    values = lognormal(50_000)
+    hist = Histogram(relative_accuracy=0.01)
+    hist.extend(values)
+    exact = float(np.quantile(values, q, method="lower"))
+    assert abs(hist.quantile(q) - exact) <= 0.01 * exact + 1e-12
+
+
+def test_memory_does_not_grow_with_the_number_of_observations():
+    small, large = Histogram(), Histogram()
+    small.extend(lognormal(10_000, seed=1))
+    large.extend(lognormal(200_000, seed=2))
+    assert len(pickle.dumps(large)) < 1.5 * len(pickle.dumps(small))
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
+def test_a_bad_duration_is_refused_and_nothing_is_recorded(bad):
+    hist = Histogram()
+    hist.observe(0.5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        hist.observe(bad)
+    assert hist.count == 1 and hist.sum == 0.5
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        Histogram(relative_accuracy=0)
+    with pytest.raises(ValueError):
+        Histogram(buckets=[1.0, 0.5])
+    with pytest.raises(ValueError):
+        Histogram().quantile(1.5)
+
+
+def test_an_empty_histogram_has_no_quantile():
+    assert Histogram().quantile(0.95) is None and Histogram().mean is None
+
+
+def test_buckets_are_cumulative_and_exact_at_a_bound():
+    hist = Histogram()
+    hist.extend([0.2, 0.9, 1.0, 1.2, 7.0])
+    cumulative = dict(hist.cumulative())
+    assert cumulative[1.0] == 3 and cumulative[math.inf] == 5
+    assert hist.count_at_most(1.0) == 3
+
+
+def test_merging_equals_observing_everything():
+    a, b, both = Histogram(), Histogram(), Histogram()
+    xs, ys = lognormal(3000, 3), lognormal(3000, 4)
+    a.extend(xs)
+    b.extend(ys)
+    both.extend(xs + ys)
+    a.merge(b)
+    assert a.count == both.count and a.cumulative() == both.cumulative()
+    assert a.quantile(0.99) == pytest.approx(both.quantile(0.99))
+
+
+def test_rolling_forgets_slots_older_than_the_window():
+    clock = FakeClock()
+    ring = Rolling(list, window_s=10, slot_s=1, clock=clock)
+    ring.current().append("old")
+    clock.now += 11
+    ring.current().append("new")
+    assert ring.within() == [["new"]]
+    with pytest.raises(ValueError, match="keeps 10"):
+        ring.within(20)
+
+
+def record(outcome="ok", source="upstream", latency=0.5, ttft=0.2):
+    return RequestRecord(
+        key="k", model="gpt-4o", stream=True, started=0.0, latency_s=latency, ttft_s=ttft,
+        prompt_tokens=10, completion_tokens=5, cost_usd=0.01, outcome=outcome, source=source,
+    )  # fmt: skip
+
+
+def test_metrics_keep_totals_and_the_last_window_apart():
+    clock = FakeClock()
+    metrics = Metrics(window_s=10, slot_s=1, clock=clock)
+    for _ in range(5):
+        metrics.record(record(outcome="APIConnectionError"))
+    clock.now += 30
+    for _ in range(5):
+        metrics.record(record(source="cache"))
+    total, window = metrics.snapshot(), metrics.snapshot(10)
+    assert total["requests"] == 10 and total["error_rate"] == 0.5
+    assert window["requests"] == 5 and window["error_rate"] == 0.0 and window["cache_hit_rate"] == 1.0
+    assert total["cost_usd"] == pytest.approx(0.05) and total["saved_usd"] == pytest.approx(0.05)
+
+
+def test_counters_only_go_up():
+    with pytest.raises(ValueError, match="only goes up"):
+        Metrics().count("tokens", -1, kind="input")
