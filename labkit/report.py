@@ -109,8 +109,17 @@ def write_index(runs: list[dict[str, Any]], out_dir: Path) -> Path:
         )
         results = html.escape(json.dumps(run["results"], indent=2, ensure_ascii=False)) if run["results"] else "none"
         error = f"<pre class='failed'>{html.escape(run['error'])}</pre>" if run["error"] else ""
+        tables = "".join(  # a notebook may hand the report tables to show: {"report_tables": {title: [rows]}}
+            f"<h3>{html.escape(title)}</h3><table><tr>"
+            + "".join(f"<th>{html.escape(str(k))}</th>" for k in rows_[0])
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows_)
+            + "</table>"
+            for title, rows_ in ((run["results"] or {}).get("report_tables") or {}).items()
+            if rows_
+        )
         sections.append(
-            f"<section><h2>{name}</h2>{error}{charts}"
+            f"<section><h2>{name}</h2>{error}{tables}{charts}"
             f"<details><summary>Measured results (JSON)</summary><pre>{results}</pre></details></section>"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>LLM Performance Lab report</title>
