@@ -150,7 +150,8 @@ class HedgeLayer:
             for task in (primary, secondary):  # the primary first when both finished in the same turn
                 if task in done and task.exception() is None:
                     return task
-        raise primary.exception() or secondary.exception()  # type: ignore[misc]
+        errors = [primary.exception(), secondary.exception()]  # read both, so neither is reported as unretrieved
+        raise errors[0] or errors[1]  # type: ignore[misc]
 
     def _keep(self, outcome: tuple[Result, float]) -> Result:
         result, first_s = outcome
