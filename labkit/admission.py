@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.chain import Handler, Result
+from labkit.durations import parse_duration
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 from labkit.tokens import count_messages
@@ -56,18 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_COMPLETION_ESTIMATE = 256  # what OpenAI-style services charge when max_tokens is absent
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in a Go-style duration such as ``1s``, ``12ms``, ``6m0s`` (the rate-limit reset headers)."""
-    if not text:
-        return None
-    parts = _GO_DURATION.findall(text.strip())
-    if not parts:
-        return None
-    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
 
 
 def estimate_tokens(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_ESTIMATE) -> int:

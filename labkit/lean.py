@@ -32,7 +32,6 @@ hundred concurrent requests, where its CPU does not bind (the pooling lesson mea
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -43,6 +42,7 @@ import orjson
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from labkit.durations import parse_duration
 from labkit.endpoint import Endpoint
 from labkit.pool import ClientPool, PoolConfig
 from labkit.request import ChatRequest
@@ -51,23 +51,6 @@ from labkit.stream import ChunkStream
 __all__ = ["LeanTransport", "RateLimitInfo", "parse_duration", "sse_data", "status_error"]
 
 USER_AGENT = "labkit-lean/1"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """A Go-style duration (`1s`, `6m0s`, `12ms`, `1h2m3.5s`) or plain seconds, in seconds; None if unreadable."""
-    if text is None:
-        return None
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def _int(value: str | None) -> int | None:
