@@ -11,13 +11,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
+from labkit.lifecycle import serve_until_stopped
 from labkit.sim import READY_PREFIX, SimConfig, load_profile, serve
 from labkit.sim.faults import FaultConfigError, validate
 
@@ -66,27 +65,6 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def _alive(pid: int, original_ppid: int) -> bool:
-    if pid == original_ppid and os.getppid() != pid:
-        return False  # we were re-parented: our parent died
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
-    original_ppid = os.getppid()
-    while not stop.is_set():
-        if not _alive(pid, original_ppid):
-            stop.set()
-            return
-        await asyncio.sleep(1.0)
-
-
 async def _main(args: argparse.Namespace) -> None:
     config = SimConfig(
         profile=args.profile,
@@ -102,22 +80,9 @@ async def _main(args: argparse.Namespace) -> None:
         profiles_path=args.profiles,
     )
     runner, port = await serve(config, args.host, args.port, ssl_context=_ssl_context(args))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     host = f"[{args.host}]" if ":" in args.host else args.host
     scheme = "https" if args.tls_cert else "http"
-    sys.stdout.write(f"{READY_PREFIX}{scheme}://{host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        await runner.cleanup()
+    await serve_until_stopped(f"{READY_PREFIX}{scheme}://{host}:{port}", runner.cleanup, args.parent_pid)
 
 
 def _raise_open_files_limit() -> None:

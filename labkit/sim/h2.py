@@ -207,7 +207,7 @@ async def _main(args: argparse.Namespace) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from labkit.sim.__main__ import _watch_parent
+    from labkit.lifecycle import watch_parent
 
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -229,7 +229,7 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
+    watcher = asyncio.create_task(watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     await _wait_listening(args.host, port, server)
     host = f"[{args.host}]" if ":" in args.host else args.host

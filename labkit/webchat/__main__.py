@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
-import sys
 
 from labkit.endpoint import LOCAL_API_KEY
+from labkit.lifecycle import serve_until_stopped
 from labkit.webchat.app import create_app, serve
 
 READY_PREFIX = "labkit.webchat ready on "
@@ -40,18 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            stop.set()
-            return
-        except PermissionError:
-            pass
-        await asyncio.sleep(1.0)
-
-
 async def _main(args: argparse.Namespace) -> None:
     app = create_app(
         args.upstream,
@@ -62,21 +48,8 @@ async def _main(args: argparse.Namespace) -> None:
         total_timeout_s=args.total_timeout or None,
     )
     runner, port = await serve(app, args.host, args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     host = f"[{args.host}]" if ":" in args.host else args.host
-    sys.stdout.write(f"{READY_PREFIX}http://{host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        await runner.cleanup()
+    await serve_until_stopped(f"{READY_PREFIX}http://{host}:{port}", runner.cleanup, args.parent_pid)
 
 
 def main(argv: list[str] | None = None) -> None:
