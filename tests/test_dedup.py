@@ -270,6 +270,41 @@ async def test_redis_error_reaches_followers_and_is_not_stored(fresh_sim, transp
     assert counting.calls == 2
 
 
+async def test_a_follower_that_subscribes_after_the_leader_failed_still_gets_its_error(
+    fresh_sim, transport, coalescers
+):
+    leader_layer, follower_layer = coalescers[:2]
+    subscribe_late(follower_layer, delay_s=0.4)  # the leader's error is published before the follower listens
+    counting = Counting(delay_s=0.1)
+    fresh_sim.set_faults({"error_rates": {"500": 1.0}})
+    leader = asyncio.create_task(Chain(transport, [leader_layer, counting])(request("late follower")))
+    await asyncio.sleep(0.02)
+    follower = Chain(transport, [follower_layer, counting])(request("late follower"))
+    outcomes = await asyncio.gather(leader, follower, return_exceptions=True)
+    fresh_sim.set_faults({"error_rates": {"500": 0.0}})
+    assert isinstance(outcomes[0], openai.InternalServerError)
+    assert isinstance(outcomes[1], UpstreamError) and outcomes[1].status_code == 500
+    assert counting.calls == 1
+
+
+def subscribe_late(layer: RedisSingleFlight, delay_s: float) -> None:
+    """Delay every SUBSCRIBE of this coalescer, as a slow connection to Redis would."""
+    open_pubsub = layer.redis.pubsub
+
+    def pubsub():
+        channel = open_pubsub()
+        subscribe = channel.subscribe
+
+        async def late(*names):
+            await asyncio.sleep(delay_s)
+            return await subscribe(*names)
+
+        channel.subscribe = late
+        return channel
+
+    layer.redis.pubsub = pubsub
+
+
 async def test_a_follower_takes_over_when_the_leader_is_cancelled(transport, coalescers):
     counting = Counting(delay_s=0.3)
     leader_chain, follower_chain = (Chain(transport, [layer, counting]) for layer in coalescers[:2])

@@ -7,16 +7,19 @@ For a request with fingerprint `k` (all keys under `namespace`):
 2. ``SET lock:k <token> NX PX lock_ttl``: the one process that wins is the *leader*. It calls upstream
    (refreshing its lock while it waits, so a slow answer does not lose it), then in one Lua script stores
    the result under a short TTL, ``PUBLISH``es it on ``done:k`` and releases the lock if it still holds it;
-3. everybody else is a *follower*: it ``SUBSCRIBE``s to ``done:k``, checks ``result:k`` once more (the
-   answer may have been published before it subscribed), and waits for the message. If the lock disappears
+3. everybody else is a *follower*: the same script that failed to take the lock returns the leader's token,
+   so the follower knows which flight it joined. It ``SUBSCRIBE``s to ``done:k``, checks ``result:k`` and
+   that flight's ``error:k:<token>`` once more (the answer may have been published before it subscribed),
+   and waits for the message. If the lock disappears
    without a result (the leader died, its lock expired, or it was cancelled) a follower starts over, and one
    of them becomes the next leader.
 
 Results travel as JSON (`ChatCompletion.model_dump`), never pickle: a shared Redis must not be able to run
 code in every worker. An upstream error is published to the waiting followers (they raise `UpstreamError`)
-but never stored, so the next request goes upstream again. Streams and `SamplingPolicy.keep(n>1)` requests
-pass through untouched; put the in-process `SingleFlight` in front so one process holds at most one Redis wait
-per key.
+and kept only under its flight's token, for the followers that joined that flight but subscribed late; it is
+never stored as the key's result, so the next request goes upstream again. Streams and
+`SamplingPolicy.keep(n>1)` requests pass through untouched; put the in-process `SingleFlight` in front so one
+process holds at most one Redis wait per key.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from labkit.dedup.policy import SamplingPolicy, key_of
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 
-# KEYS: lock, result. ARGV: token, payload, result ttl (ms), channel, store (1/0)
+# KEYS: lock. ARGV: token, ttl (ms). Returns {1, token} to the new leader, else {0, the leader's token}.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ARGV[1]} end
+return {0, redis.call('GET', KEYS[1])}
+"""
+
+# KEYS: lock, result (or this flight's error key). ARGV: token, payload, ttl (ms), channel, store (1/0)
 _FINISH = """
 if ARGV[5] == '1' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
 redis.call('PUBLISH', ARGV[4], ARGV[2])
@@ -139,6 +148,7 @@ class RedisSingleFlight:
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.stats = RedisFlightStats()
+        self._acquire = redis.register_script(_ACQUIRE)
         self._finish = redis.register_script(_FINISH)
         self._refresh = redis.register_script(_REFRESH)
 
@@ -153,6 +163,10 @@ class RedisSingleFlight:
         """The lock key, the result key and the channel of one fingerprint."""
         return f"{self.namespace}:lock:{key}", f"{self.namespace}:result:{key}", f"{self.namespace}:done:{key}"
 
+    def error_key(self, result_key: str, token: str) -> str:
+        """Where one flight's error waits for its late followers (never read by a new request)."""
+        return f"{result_key}:error:{token}"
+
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         self.stats.requests += 1
         if request.stream or self.policy.slots(request) != 1:
@@ -166,10 +180,15 @@ class RedisSingleFlight:
                 self.stats.late_hits += 1
                 return completion
             token = secrets.token_hex(8)
-            if await self.redis.set(lock, token, nx=True, px=self.lock_ttl_ms):
+            led, holder = await self._acquire(keys=[lock], args=[token, self.lock_ttl_ms])
+            if led:
                 self.stats.upstream_calls += 1
                 return await self._lead(request, call_next, lock, result_key, channel, token)
-            completion = await self._follow(lock, result_key, channel, deadline)
+            if holder is None:  # the leader finished between SET and GET: look again
+                self.stats.restarts += 1
+                continue
+            error_key = self.error_key(result_key, holder.decode() if isinstance(holder, bytes) else holder)
+            completion = await self._follow(lock, result_key, error_key, channel, deadline)
             if completion is not None:
                 return completion
             self.stats.restarts += 1
@@ -188,7 +207,10 @@ class RedisSingleFlight:
             raise
         except Exception as error:
             self.stats.upstream_errors += 1
-            await self._finish(keys=[lock, result_key], args=[token, encode_error(error), 1, channel, 0])
+            error_key = self.error_key(result_key, token)
+            await self._finish(
+                keys=[lock, error_key], args=[token, encode_error(error), self.result_ttl_ms, channel, 1]
+            )
             raise
         finally:
             keeper.cancel()
@@ -201,20 +223,24 @@ class RedisSingleFlight:
             if not await self._refresh(keys=[lock], args=[token, self.lock_ttl_ms]):
                 return
 
-    async def _follow(self, lock: str, result_key: str, channel: str, deadline: float) -> ChatCompletion | None:
+    async def _follow(
+        self, lock: str, result_key: str, error_key: str, channel: str, deadline: float
+    ) -> ChatCompletion | None:
         """Wait for the leader's message; None means the leader is gone and the caller should start over."""
         loop = asyncio.get_running_loop()
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(channel)
-            stored = await self.redis.get(result_key)  # published before we subscribed?
-            if stored is not None:
-                self.stats.late_hits += 1
-                return decode(stored)
+            for stored in await self.redis.mget(result_key, error_key):  # published before we subscribed?
+                if stored is not None:
+                    self.stats.late_hits += 1
+                    return decode(stored)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
                 if message is None and not await self.redis.exists(lock):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
                     if message is None:
+                        if (error := await self.redis.get(error_key)) is not None:
+                            return decode(error)
                         return None
                 if message is not None:
                     completion = decode(message["data"])
