@@ -119,6 +119,8 @@ class ChainConfig:
     cache_ttl_s: float = 3600.0
     cache_clear_on_close: bool = True  # an experiment's entries (its own Redis prefix, a temporary SQLite file) go
     cache_op_timeout_s: float = 1.0  # a remote tier slower than this is marked down and bypassed (fail-open)
+    # how a cached stream is replayed: "merged" (the whole text in one chunk: cheapest), "instant" or "paced"
+    cache_replay: str = "merged"
     semantic: bool = True
     semantic_threshold: float | None = None  # None: the cache lesson's measured default
     # embed in a worker thread (the loop keeps serving meanwhile) or inline; with a busy loop on a small machine the
@@ -278,6 +280,8 @@ class SemanticStreams:
         if isinstance(result, ChatCompletion):
             semantic.add(scope, text, vector, result, ctl.ttl_s or semantic.ttl_s)
             return result
+        if semantic.knows(scope, text):  # a coalesced copy of an answer being stored already
+            return result
 
         async def keep(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
             seen: list[ChatCompletionChunk] = []
@@ -286,7 +290,7 @@ class SemanticStreams:
                 seen.append(chunk)
                 finished = finished or any(c.finish_reason for c in chunk.choices)
                 yield chunk
-            if finished:  # only a complete answer is stored, never a partial one
+            if finished and not semantic.knows(scope, text):  # only a complete answer, and only once
 
                 async def replay_seen() -> AsyncIterator[ChatCompletionChunk]:
                     for chunk in seen:
@@ -568,6 +572,7 @@ def build_chain(
             ttl_s=config.cache_ttl_s,
             stampede_protection=False,
             op_timeout_s=config.cache_op_timeout_s,
+            replay_pace=config.cache_replay,
             seed=config.seed,
         )
         layers["cache"] = cache

@@ -4,15 +4,17 @@ Every layer passes streams through: metrics time them, a cache records them, de-
 plain async generator cannot do that well, because closing the outermost wrapper must close the HTTP
 response at the bottom (so the service stops generating and the connection returns to the pool).
 `ChunkStream` keeps that close path and a small `info` dict (for example `{"source": "cache"}`) that
-layers may annotate and callers may read.
+layers may annotate and callers may read. `merge_chunks` turns a finished answer's chunks into one chunk plus usage
+(a cache replays a hit that way: the same text, two chunks instead of one per token).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -118,3 +120,34 @@ async def assemble(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatCompletion
             "usage": usage.model_dump() if usage is not None else None,
         }
     )
+
+
+def merge_chunks(chunks: Sequence[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+    """The answer of `chunks` as one chunk (role, whole text, finish reason) plus its usage chunk, if it has one.
+
+    Returned unchanged when merging would lose something: more than one choice, tool calls, logprobs, a refusal."""
+    head: ChatCompletionChunk | None = None
+    finish: str | None = None
+    text: list[str] = []
+    usage: list[ChatCompletionChunk] = []
+    for chunk in chunks:
+        if not chunk.choices:
+            if chunk.usage is not None:
+                usage.append(chunk)
+            continue
+        for choice in chunk.choices:
+            delta = choice.delta
+            if choice.index != 0 or choice.logprobs is not None or delta.tool_calls or delta.function_call:
+                return list(chunks)
+            if delta.refusal:
+                return list(chunks)
+            if delta.content:
+                text.append(delta.content)
+            finish = choice.finish_reason or finish
+        head = head or chunk
+    if head is None:
+        return list(chunks)
+    choice = head.choices[0].model_copy(
+        update={"delta": ChoiceDelta(role="assistant", content="".join(text)), "finish_reason": finish}
+    )
+    return [head.model_copy(update={"choices": [choice], "usage": None}), *usage]

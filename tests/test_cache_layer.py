@@ -7,9 +7,9 @@ import logging
 import time
 
 import pytest
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from labkit.cache import CacheLayer, MemoryTier, tenant_hash
+from labkit.cache import CacheControls, CacheLayer, MemoryTier, tenant_hash
 from labkit.cache.memcached_tier import MemcachedTier
 from labkit.cache.redis_tier import RedisTier
 from labkit.cache.sqlite_tier import SQLiteTier
@@ -17,6 +17,7 @@ from labkit.chain import Chain
 from labkit.endpoint import Endpoint
 from labkit.request import ChatRequest
 from labkit.services import start_memcached, start_redis
+from labkit.stream import merge_chunks
 from labkit.transport import OpenAITransport
 
 MODEL = "gpt-4o"
@@ -390,6 +391,38 @@ async def test_a_paced_replay_keeps_the_original_timing_and_an_instant_one_does_
     _, paced_first, paced_total = await drain(paced)
     assert paced_first >= 0.9 * recorded[0].at_s and paced_total >= 0.9 * recorded[-1].at_s
     assert instant_total < recorded[-1].at_s / 2
+
+
+async def test_a_merged_replay_is_one_chunk_with_the_whole_text_and_the_usage(transport):
+    memory = MemoryTier()
+    chain, layer, _ = build(transport, [memory])
+    request = ask("merge me", stream=True, max_tokens=40)
+    live_text, _, _ = await drain(await chain(request))
+    live_chunks = [r.chunk for r in memory.get_now(layer.cache_key(request)).chunks]
+    merged = await chain(request.with_controls(cache_replay="merged"))
+    assert merged.info["cache_replay"] == "merged"
+    async with merged:
+        chunks = [chunk async for chunk in merged]
+    answer, usage = chunks
+    assert answer.choices[0].delta.role == "assistant" and answer.choices[0].delta.content == live_text
+    assert answer.choices[0].finish_reason == next(c.choices[0].finish_reason for c in live_chunks[::-1] if c.choices)
+    assert answer.id == live_chunks[0].id and usage.usage == live_chunks[-1].usage
+
+
+def test_an_answer_with_several_choices_is_not_merged():
+    def chunk(index, content):
+        return ChatCompletionChunk.model_validate(
+            {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+             "choices": [{"index": index, "delta": {"content": content}, "finish_reason": None}]}
+        )  # fmt: skip
+
+    chunks = [chunk(0, "a"), chunk(1, "b")]
+    assert merge_chunks(chunks) == chunks
+
+
+def test_an_unknown_replay_pace_is_refused():
+    with pytest.raises(ValueError, match="'replay' must be one of instant, paced, merged"):
+        CacheControls.of({"cache_replay": "fast"})
 
 
 async def test_a_stream_the_caller_closes_early_is_not_stored(transport):

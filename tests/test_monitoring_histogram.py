@@ -49,6 +49,27 @@ def test_a_bad_duration_is_refused_and_nothing_is_recorded(bad):
     assert hist.count == 1 and hist.sum == 0.5
 
 
+def test_a_batch_records_what_one_by_one_observations_would():
+    values = [*lognormal(20_000, seed=5), 0.0, 0.0, 1.0, 0.001]
+    batch, single = Histogram(), Histogram()
+    batch.extend(values)
+    for value in values:
+        single.observe(value)
+    assert batch.count == single.count and batch.cumulative() == single.cumulative()
+    assert (batch.min, batch.max) == (single.min, single.max) and batch.sum == pytest.approx(single.sum)
+    for q in (0.0, 0.001, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0):
+        assert batch.quantile(q) == pytest.approx(single.quantile(q), rel=0.01)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
+def test_a_batch_with_a_bad_duration_is_refused_whole(bad):
+    hist = Histogram()
+    hist.observe(0.5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        hist.extend([0.1, bad, 0.2])
+    assert hist.count == 1 and hist.sum == 0.5 and hist.cumulative()[-1] == (math.inf, 1)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         Histogram(relative_accuracy=0)

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from openai.types.chat import ChatCompletion
 
 from labkit.cache.embeddings import (
     REFERENCE_MIN_COSINE,
@@ -184,12 +185,25 @@ def test_held_out_recall_is_reported_with_its_interval(evaluation):
 
 def test_vector_index_returns_the_best_first_and_evicts_the_oldest():
     index = VectorIndex(2, max_entries=3)
-    for i, angle in enumerate([0.0, 0.5, 1.0, 1.5]):
-        index.add(np.array([np.cos(angle), np.sin(angle)], dtype=np.float32), i)
-    assert len(index) == 3
+    evicted = [index.add(np.array([np.cos(a), np.sin(a)], dtype=np.float32), i) for i, a in enumerate([0, 0.5, 1, 1.5])]
+    assert evicted == [None, None, None, 0] and len(index) == 3
     found = index.search(np.array([1.0, 0.0], dtype=np.float32), k=3)
     assert [payload for _, payload in found] == [1, 2, 3]  # entry 0 was evicted
     assert found[0][0] > found[1][0] > found[2][0]
+
+
+def test_a_text_evicted_from_a_full_index_can_be_stored_again():
+    cache = SemanticCache(default_embedder(), max_entries=2)
+    completion = ChatCompletion.model_validate(
+        {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    )  # fmt: skip
+    vectors = cache.embedder.embed(["first", "second", "third"])
+    for text, vector in zip(["first", "second", "third"], vectors, strict=True):
+        cache.add("scope", text, vector, completion, 60.0)
+    assert not cache.knows("scope", "first") and cache.knows("scope", "third")
+    cache.add("scope", "first", vectors[0], completion, 60.0)
+    assert cache.knows("scope", "first") and cache.stats.stored == 4
 
 
 class Counting:
@@ -237,6 +251,21 @@ async def test_semantic_hits_stay_within_model_parameters_and_tenant(semantic_ch
     await chain(ask("Which city is Australia's capital?").replace(model="gpt-4o-mini"))
     await chain(ask("Which city is Australia's capital?", controls={"tenant": "other"}))
     assert upstream.calls == 4
+
+
+async def test_a_text_seen_recently_is_embedded_once(semantic_chain):
+    chain, cache, _upstream = semantic_chain
+    await chain(ask("What is the capital of Australia?"))
+    await chain(ask("What is the capital of Australia?", max_tokens=5))  # another scope, the same text
+    await chain(ask("Which city is Australia's capital?"))
+    assert cache.stats.embeds == 2 and cache.stats.embeds_reused == 1
+
+
+async def test_the_same_question_answered_twice_is_stored_once(semantic_chain):
+    chain, cache, upstream = semantic_chain
+    await chain(ask("What is the capital of Australia?", controls={"no_cache": True}))
+    await chain(ask("What is the capital of Australia?", controls={"no_cache": True}))
+    assert upstream.calls == 2 and len(cache) == 1 and cache.stats.stored == 1
 
 
 async def test_streams_and_sampled_requests_bypass_the_semantic_cache(semantic_chain):

@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import orjson
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from labkit.stream import merge_chunks
+
 #: Bump when the stored layout changes: older blobs are then misses (and deleted), never misread.
 FORMAT_VERSION = 1
 _COMPRESSED = b"Z"
@@ -78,6 +80,11 @@ class Entry:
 
     def expired(self, now: float | None = None) -> bool:
         return self.ttl_left(now) <= 0
+
+    @cached_property
+    def merged(self) -> list[ChatCompletionChunk]:
+        """A stream entry's answer as one chunk plus usage (`labkit.stream.merge_chunks`), computed once."""
+        return merge_chunks([recorded.chunk for recorded in self.chunks])
 
     @cached_property
     def blob(self) -> bytes:

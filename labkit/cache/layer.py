@@ -13,7 +13,7 @@ Plain and streamed answers are stored apart: a stream entry keeps its chunks and
 
 Per-request controls (`ChatRequest.controls`, as LLM gateways offer them):
 ``no_cache`` (do not read), ``no_store`` (do not write), ``cache_ttl`` (seconds), ``cache_namespace``,
-``tenant`` or ``api_key`` (the scope), ``cache_replay`` (``"instant"`` or ``"paced"``); LiteLLM's spelling
+``tenant`` or ``api_key`` (the scope), ``cache_replay`` (``"instant"``, ``"paced"`` or ``"merged"``); LiteLLM's spelling
 ``cache={"no-cache": True, "no-store": True, "ttl": 60, "namespace": "docs"}`` is accepted too.
 Sampled requests (temperature > 0, the API default) are not cached unless `cache_sampled=True`.
 
@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from labkit.cache.base import CorruptEntry, Entry, EntryTooLarge, RecordedChunk, Tier
 from labkit.cache.memory import MemoryTier
-from labkit.cache.replay import ReplayPace, record, replay
+from labkit.cache.replay import REPLAY_PACES, ReplayPace, record, replay
 from labkit.chain import Handler, Result
 from labkit.dedup.policy import SamplingPolicy, is_sampled
 from labkit.dedup.singleflight import SingleFlight
@@ -84,8 +84,8 @@ class CacheControls:
             raise ValueError(f"cache control 'ttl' must be a positive number of seconds, not {ttl!r}")
         if namespace is not None and (not isinstance(namespace, str) or not namespace or ":" in namespace):
             raise ValueError(f"cache control 'namespace' must be a non-empty string without ':', not {namespace!r}")
-        if replay_pace is not None and replay_pace not in ("instant", "paced"):
-            raise ValueError(f"cache control 'replay' must be 'instant' or 'paced', not {replay_pace!r}")
+        if replay_pace is not None and replay_pace not in REPLAY_PACES:
+            raise ValueError(f"cache control 'replay' must be one of {', '.join(REPLAY_PACES)}, not {replay_pace!r}")
         tenant = controls.get("tenant")
         secret = tenant if tenant is not None else controls.get("api_key")
         if secret is not None and (not isinstance(secret, str) or not secret):
@@ -261,7 +261,8 @@ class CacheLayer:
     def _serve(self, entry: Entry, tier: str, request: ChatRequest, ctl: CacheControls) -> Result:
         if entry.kind == "stream":
             info = {"cache_tier": tier, "cache_age_s": max(0.0, time.time() - entry.created_at)}
-            return replay(entry.chunks, ctl.replay or self.replay_pace, info=info)
+            pace = ctl.replay or self.replay_pace
+            return replay(entry.chunks, pace, info=info, merged=entry.merged if pace == "merged" else None)
         assert entry.completion is not None
         return fresh_copy(entry.completion)
 

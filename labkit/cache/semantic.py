@@ -6,7 +6,9 @@ How it decides, for a plain request whose exact key missed:
    the scope is the fingerprint of everything else (model, parameters, system prompt, earlier turns), plus the
    tenant (hashed API key) and namespace, as in the exact cache.
 2. Embed the last user message (all-MiniLM-L6-v2, `labkit.cache.embeddings`; in a worker thread so the event
-   loop keeps serving other requests during the ~6 ms it takes).
+   loop keeps serving other requests during the ~6 ms it takes). Vectors are kept in a bounded LRU by text
+   (`embed_cache_size`): a popular question that missed the exact cache (another context, or many copies in
+   flight before the first answer is stored) is embedded once, not once per request.
 3. Search: brute-force cosine over the scope's normalised vectors with numpy (a matrix-vector product: about
    0.3 ms at 10,000 entries, 7 ms at 100,000). Past a few hundred thousand entries, or across processes, a
    vector store takes over (Redis with its vector index, pgvector, FAISS/HNSW): same interface, sub-linear search.
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from openai.types.chat import ChatCompletion
 
 from labkit.cache.embeddings import Embedder, default_embedder
@@ -61,7 +64,8 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._payloads)
 
-    def add(self, vector: np.ndarray, payload: Any) -> None:
+    def add(self, vector: np.ndarray, payload: Any) -> Any:
+        """Add a row; returns the payload it evicted (the oldest, once full), else None."""
         n = len(self._payloads)
         if n < self.max_entries:
             if n == len(self._vectors):
@@ -70,10 +74,12 @@ class VectorIndex:
                 self._vectors = grown
             self._vectors[n] = vector
             self._payloads.append(payload)
-        else:  # full: overwrite the oldest
-            self._vectors[self._start] = vector
-            self._payloads[self._start] = payload
-            self._start = (self._start + 1) % self.max_entries
+            return None
+        evicted = self._payloads[self._start]  # full: overwrite the oldest
+        self._vectors[self._start] = vector
+        self._payloads[self._start] = payload
+        self._start = (self._start + 1) % self.max_entries
+        return evicted
 
     def add_many(self, vectors: np.ndarray, payloads: Sequence[Any]) -> None:
         for vector, payload in zip(vectors, payloads, strict=True):
@@ -106,6 +112,8 @@ class SemanticStats:
     bypassed: int = 0
     stored: int = 0
     vetoed: Counter[str] = dataclasses.field(default_factory=Counter)
+    embeds: int = 0
+    embeds_reused: int = 0  # served from the LRU of vectors by text
     embed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,6 +148,7 @@ class SemanticCache:
         namespace: str = "default",
         cache_sampled: bool = False,
         embed_in_thread: bool = True,
+        embed_cache_size: int = 4096,
         on_hit: Callable[[str, str, float], None] | None = None,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
@@ -153,10 +162,12 @@ class SemanticCache:
         self.namespace = namespace
         self.cache_sampled = cache_sampled
         self.embed_in_thread = embed_in_thread
+        self._vectors: LRUCache[str, np.ndarray] | None = LRUCache(embed_cache_size) if embed_cache_size else None
         self.on_hit = on_hit
         self.stats = SemanticStats()
         self._default_tenant = tenant_hash(api_key) if api_key else "public"
         self._indexes: dict[str, VectorIndex] = {}
+        self._by_text: dict[tuple[str, str], _Stored] = {}  # (scope, text) -> its newest row, while it is indexed
 
     def scope_of(self, request: ChatRequest, controls: CacheControls) -> str:
         context = fingerprint(request.model, list(request.messages[:-1]), request.params)
@@ -164,12 +175,20 @@ class SemanticCache:
         return f"{controls.namespace or self.namespace}:{tenant}:{context}"
 
     async def embed(self, text: str) -> np.ndarray:
+        """The text's vector: from the LRU when this text was embedded recently, else from the model."""
+        if self._vectors is not None and (known := self._vectors.get(text)) is not None:
+            self.stats.embeds_reused += 1
+            return known
         started = time.perf_counter()
         if self.embed_in_thread:
             vector = (await asyncio.to_thread(self.embedder.embed, [text]))[0]
         else:
             vector = self.embedder.embed([text])[0]
+        self.stats.embeds += 1
         self.stats.embed_s += time.perf_counter() - started
+        if self._vectors is not None:
+            vector.setflags(write=False)  # shared by every request with this text
+            self._vectors[text] = vector
         return vector
 
     def match(self, scope: str, text: str, vector: np.ndarray) -> tuple[_Stored, float] | None:
@@ -188,11 +207,23 @@ class SemanticCache:
             return stored, score
         return None
 
+    def knows(self, scope: str, text: str) -> bool:
+        """Whether this very text has a fresh answer in the scope (storing it again would only add a twin row)."""
+        stored = self._by_text.get((scope, text))
+        return stored is not None and stored.expires_at > time.time()
+
     def add(self, scope: str, text: str, vector: np.ndarray, completion: ChatCompletion, ttl_s: float) -> None:
+        """Store an answer; a text the scope already holds fresh is left as it is (no twin rows to search)."""
+        if self.knows(scope, text):
+            return
         index = self._indexes.get(scope)
         if index is None:
             index = self._indexes[scope] = VectorIndex(len(vector), self.max_entries)
-        index.add(vector, _Stored(text, completion, time.time() + ttl_s))
+        stored = _Stored(text, completion, time.time() + ttl_s)
+        evicted = index.add(vector, stored)
+        self._by_text[(scope, text)] = stored
+        if evicted is not None and self._by_text.get((scope, evicted.text)) is evicted:
+            del self._by_text[(scope, evicted.text)]
         self.stats.stored += 1
 
     def __len__(self) -> int:

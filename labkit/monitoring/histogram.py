@@ -12,7 +12,10 @@ merges of sub-window sketches), and with the collapsing-lowest store its memory 
 Considered: `hdrhistogram` (integer values, so seconds need a unit scale chosen up front; precision in significant
 digits; heavier memory at wide ranges); t-digest (`fastdigest`, `tdigest`: rank error, not value error, so tail
 quantiles of skewed latency get no bound); Apache `datasketches` KLL (rank error, a C++ build). Pure Python
-costs about 1.8 µs per `add` here (see `build/bench/monitoring.json`): negligible beside a 2 ms SDK call.
+costs about 1.8 µs per `add` here (see `build/bench/monitoring.json`): negligible beside a 2 ms SDK call, but not
+beside a stream's hundred inter-token gaps replayed from a cache. So `extend` records a batch with numpy: it groups
+the values by the sketch's bin (`ceil(log_gamma(x))`) and adds each bin once, with its count as the weight, through
+the sketch's public `add(value, weight)`; `observe` stays the one-value path.
 
 Beside the sketch, each histogram keeps classic cumulative bucket counts at fixed bounds: those are what a
 Prometheus histogram exposes (aggregatable across processes with `histogram_quantile`), and they give an exact
@@ -28,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+import numpy as np
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
 __all__ = ["DEFAULT_BUCKETS", "Histogram", "Rolling"]
@@ -41,7 +45,18 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 class Histogram:
     """Observations in seconds: quantiles within `relative_accuracy`, bucket counts, count, sum, min, max."""
 
-    __slots__ = ("_buckets", "_counts", "_sketch", "bin_limit", "count", "max", "min", "relative_accuracy", "sum")
+    __slots__ = (
+        "_buckets",
+        "_counts",
+        "_log_gamma",
+        "_sketch",
+        "bin_limit",
+        "count",
+        "max",
+        "min",
+        "relative_accuracy",
+        "sum",
+    )
 
     def __init__(
         self,
@@ -58,6 +73,8 @@ class Histogram:
         self._buckets = tuple(float(b) for b in buckets)
         self._counts = [0] * (len(self._buckets) + 1)  # the last one is +Inf
         self._sketch = LogCollapsingLowestDenseDDSketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
+        # the sketch's bin width (DDSketch: gamma = (1 + alpha) / (1 - alpha)), to group a batch by bin in `extend`
+        self._log_gamma = math.log((1.0 + relative_accuracy) / (1.0 - relative_accuracy))
         self.count = 0
         self.sum = 0.0
         self.min = math.inf
@@ -77,8 +94,30 @@ class Histogram:
             self.max = value
 
     def extend(self, values: Iterable[float]) -> None:
-        for value in values:
-            self.observe(value)
+        """Add many durations at once (what `observe` would record for each, at a fraction of the cost).
+
+        Refused whole, with nothing recorded, if any value is not a finite number >= 0."""
+        array = np.fromiter(values, dtype=float) if not isinstance(values, np.ndarray) else values.astype(float)
+        if not array.size:
+            return
+        if not (np.isfinite(array).all() and (array >= 0.0).all()):
+            bad = array[~(np.isfinite(array) & (array >= 0.0))][0]
+            raise ValueError(f"a duration must be a finite number >= 0 seconds, got {float(bad)!r}")
+        sketch = self._sketch
+        positive = array[array > 0.0]
+        if positive.size < array.size:
+            sketch.add(0.0, weight=float(array.size - positive.size))
+        if positive.size:
+            bins = np.ceil(np.log(positive) / self._log_gamma)
+            _, first, counts = np.unique(bins, return_index=True, return_counts=True)
+            for value, weight in zip(positive[first].tolist(), counts.tolist(), strict=True):
+                sketch.add(value, weight=float(weight))  # a value of that bin stands for all of them
+        for index, n in enumerate(np.bincount(np.searchsorted(self._buckets, array, side="left")).tolist()):
+            self._counts[index] += n
+        self.count += int(array.size)
+        self.sum += float(array.sum())
+        self.min = min(self.min, float(array.min()))
+        self.max = max(self.max, float(array.max()))
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0..1), within ±relative_accuracy of the exact one (numpy's `method="lower"`)."""

@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from labkit.monitoring.histogram import DEFAULT_BUCKETS, Histogram, Rolling
 
 __all__ = ["Metrics", "MetricsView"]
@@ -184,13 +186,16 @@ class Metrics:
 
     def observe(self, name: str, values: float | Iterable[float]) -> None:
         """Add one or more durations (s) to histogram `name`, in the totals and the current sub-window."""
-        batch = [values] if isinstance(values, (int, float)) else list(values)
+        one = isinstance(values, (int, float))
+        batch = values if one else np.fromiter(values, dtype=float)
         for slot in self._slots():
             hist = slot.hists.get(name)
             if hist is None:
                 hist = slot.hists[name] = self._template.empty_like()
-            for value in batch:
-                hist.observe(value)
+            if one:
+                hist.observe(batch)
+            else:
+                hist.extend(batch)
 
     def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to counter `name` with these labels (counters only go up)."""
