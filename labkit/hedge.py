@@ -112,13 +112,16 @@ class HedgeLayer:
         log_b: list[str] = []
         primary = asyncio.create_task(_attempt(request.with_controls(route_log=log_a), call_next))
         tasks = [primary]
+        kept: asyncio.Task[Any] | None = None  # the attempt whose outcome the caller gets
         try:
             if delay is not None:
                 await asyncio.wait([primary], timeout=delay)
             if delay is None or primary.done():
+                kept = primary
                 return self._keep(await primary)
             if self._tokens < 1.0:
                 self.stats.capped += 1
+                kept = primary
                 return self._keep(await primary)
             self._tokens -= 1.0
             self.stats.hedged += 1
@@ -126,18 +129,17 @@ class HedgeLayer:
                 _attempt(request.with_controls(route_log=log_b, avoid_endpoints=[*avoid, *log_a]), call_next)
             )
             tasks.append(secondary)
-            winner = await self._race(primary, secondary)
-            if winner is secondary:
+            kept = await self._race(primary, secondary)
+            if kept is secondary:
                 self.stats.hedge_won += 1
             else:
                 self.stats.primary_won += 1
-            for task in tasks:
-                if task is not winner:
-                    await self._cancel(task)
-            return self._keep(winner.result())
+            return self._keep(kept.result())
         finally:
+            # every other attempt is stopped upstream and its outcome read (a failed loser's error is not the
+            # caller's, and must not be reported as never retrieved), also when the caller itself gave up
             for task in tasks:
-                if not task.done():
+                if task is not kept or not task.done():
                     await self._cancel(task)
             if isinstance(outer_log, list):
                 outer_log.extend([*log_a, *log_b])
@@ -159,17 +161,20 @@ class HedgeLayer:
         return result
 
     async def _cancel(self, task: asyncio.Task[Any]) -> None:
-        """Stop a losing attempt upstream: cancel it, or close the stream it already returned."""
-        self.stats.losers_cancelled += 1
+        """Stop a losing attempt upstream: cancel it, or close the stream it already returned. A loser that
+        already failed has nothing to stop; its error is read here (it is not the caller's)."""
         if not task.done():
+            self.stats.losers_cancelled += 1
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             return
-        if not task.cancelled() and task.exception() is None:
-            result, _ = task.result()
-            if isinstance(result, ChunkStream):
-                await result.aclose()
+        if task.cancelled() or task.exception() is not None:
+            return
+        self.stats.losers_cancelled += 1
+        result, _ = task.result()
+        if isinstance(result, ChunkStream):
+            await result.aclose()
 
 
 async def _attempt(request: ChatRequest, call_next: Handler) -> tuple[Result, float]:

@@ -196,6 +196,17 @@ async def test_redis_set_many_pipelines_a_batch(redis_tier):
     assert got is not None and got.completion.choices[0].message.content == "v7"
 
 
+async def test_a_burst_larger_than_the_redis_pool_waits_for_a_connection(redis_service):
+    tier = RedisTier(redis_service.url, prefix=f"test:{time.monotonic_ns()}:", max_connections=4, timeout_s=2.0)
+    try:
+        await tier.set("hot", entry("hot"), 60)
+        got = await asyncio.gather(*(tier.get("hot") for _ in range(300)))
+        assert all(g is not None for g in got)
+    finally:
+        await tier.clear()
+        await tier.aclose()
+
+
 async def test_memcached_compresses_a_large_entry_and_serves_it(memcached_tier):
     big = entry("big", "lorem ipsum dolor " * 80_000)  # about 1.4 MB of JSON: over the item limit uncompressed
     assert big.size > MEMCACHED_ITEM_LIMIT

@@ -2,6 +2,7 @@
 upstream (the service counts the disconnect); the delay comes from observed first-token times; the cap holds."""
 
 import asyncio
+import gc
 
 import pytest
 
@@ -79,6 +80,27 @@ async def test_the_cap_stops_hedging(pair):
     hedge = HedgeLayer(delay_s=0.01, max_share=0.0)
     await (await chain_of(transports, hedge).stream("hi", model="gpt-4o")).text()
     assert hedge.stats.hedged == 0 and hedge.stats.capped == 1
+
+
+async def test_a_caller_giving_up_after_the_hedge_failed_leaves_no_unread_error(pair):
+    transports, first, second = pair
+    await first.aset_faults({"hang_rate": 1.0})
+    await second.aset_faults({"error_rates": {"500": 1.0}})
+    loop = asyncio.get_running_loop()
+    unread = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        hedge = HedgeLayer(delay_s=0.05)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):  # the hedge failed at once; the caller gives up on the primary
+                await chain_of(transports, hedge).stream("hi", model="gpt-4o")
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert hedge.stats.hedged == 1 and not unread
+    assert await disconnects(first, 1) == 1
 
 
 def test_the_delay_is_the_quantile_of_observed_first_tokens():

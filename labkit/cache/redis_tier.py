@@ -27,14 +27,24 @@ class RedisTier:
         client: aioredis.Redis | None = None,
         prefix: str = "labkit:cache:",
         timeout_s: float = 0.25,
+        max_connections: int = 64,
         name: str = "redis",
     ) -> None:
         if client is None:
             if not url:
                 raise ValueError("RedisTier needs a url or a client")
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            # a blocking pool: under a burst, a request waits (up to timeout_s) for one of `max_connections`
+            # connections; redis-py's default pool instead fails at once past 100 (MaxConnectionsError), which
+            # the cache layer would take for an outage and bypass the tier
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry_on_timeout=False,
             )
+            client = aioredis.Redis(connection_pool=pool)
         self.client = client
         self.prefix = prefix
         self.name = name
