@@ -9,7 +9,8 @@
   patience as the deadline. `chain_caller` / `naive_caller` adapt the two clients.
 - `summarize`: the table's row values for one run; `before_after` the table; `ablation_shares` each layer's share
   of each row's gain; `max_sustainable_rate` the throughput row (a doubling ladder of offered rates).
-- `python -m labkit.capstone --bench [--quick]` runs the whole comparison and writes `build/bench/capstone.json`.
+- `python -m labkit.capstone --bench [--quick]` runs the whole comparison (and, without `--quick`, the ablation of
+  every switch) and writes `build/bench/capstone.json`.
 
 Throughput is defined honestly: the highest offered rate (requests/s, Poisson) a client *sustains* — at most
 `error_budget` of requests fail or time out — found by doubling the rate from the table's rate. Both clients climb
@@ -645,6 +646,18 @@ def summarize(
     }
 
 
+def best_cost_change(ceiling: float, naive_hit_rate: float) -> float | None:
+    """The largest relative cost cut any cache could make against the naive client on this workload.
+
+    Even a perfect cache sends the share `1 - ceiling` upstream, and the naive client already answers
+    `naive_hit_rate` from its own cache; with the same cost per upstream request the best ratio is
+    `(1 - ceiling) / (1 - naive_hit_rate)`. (-0.54 means at most 54% cheaper.) None if the naive client sent nothing.
+    """
+    if naive_hit_rate >= 1.0:
+        return None
+    return (1.0 - ceiling) / (1.0 - naive_hit_rate) - 1.0
+
+
 def before_after(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The rows of the before/after table: values, the change, the guide's target and whether it was met."""
     table = []
@@ -978,6 +991,7 @@ async def compare(
         out[name] = s
     ceiling = out["ceiling"]["ceiling"]
     out["hit_share_of_ceiling"] = out["full"]["hit_rate"] / ceiling if ceiling else None
+    out["best_cost_change"] = best_cost_change(ceiling, out["naive"]["hit_rate"])
     out["table"] = before_after(out["naive"], out["full"])
     return out
 
@@ -1051,6 +1065,16 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a tool
                     monthly_requests=conf["monthly_requests"],
                 )
                 results["workloads"][name] = r
+            if not args.quick:  # every switch removed in turn, on short runs of the high-repetition workload
+                from labkit.assemble import SWITCHES
+
+                spec = WorkloadSpec.load("high_repetition").replace(duration_s=3, warmup_s=3)
+                switches = [s for s in SWITCHES if s != "metrics"]
+                abl = await ablation(
+                    lab, spec, [*switches, "cache+semantic"], monthly_requests=conf["monthly_requests"]
+                )
+                rows = {k: {key: v.get(key) for key, _, _ in ROWS} for k, v in abl["runs"].items()}
+                results["ablation"] = {"spec": dataclasses.asdict(spec), "shares": abl["shares"], "runs": rows}
             return results
         finally:
             lab.stop()
