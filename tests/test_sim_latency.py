@@ -114,6 +114,30 @@ async def test_requests_within_capacity_do_not_queue(small_server):
     assert all(ttft < 0.3 for ttft, _ in results), results
 
 
+async def test_a_stream_sends_its_headers_with_the_first_token(small_server):
+    model = chat_model(small_server)
+    long = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "word " * 10_000 + "Say hi."}]  # ~0.5 s prefill
+    body = {"model": model, "messages": long, "max_tokens": 5, "stream": True}
+    async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
+        started = time.monotonic()
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            headers_after = time.monotonic() - started
+            await response.aread()
+    assert headers_after >= 0.3, headers_after  # as the real API: the status line waits for the first token
+    assert int(response.headers["openai-processing-ms"]) >= 300
+
+
+async def test_stats_report_how_late_the_service_sent_first_tokens(small_server):
+    await small_server.areset()
+    body = {"model": chat_model(small_server), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
+        await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
+    late = (await small_server.astats())["first_token_late_ms"]
+    assert late["count"] == 2 and 0 <= late["p50"] <= late["max"] < 1000
+    await small_server.areset()
+    assert (await small_server.astats())["first_token_late_ms"]["count"] == 0
+
+
 # --- faults: seeded and switchable at run time -------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Streams (`sim_streams.json`): the service runs profile `bench` (time to first to
 20 ms apart). At each concurrency level the service's counters are reset (`POST /admin/reset`), the machine
 is given a moment to settle, and a new client process (`python -m labkit.bench client`) opens the N
 connections, then starts all N streams at one barrier. It reports what the service added on top of the
-configured latency: TTFT minus 0.3 s, and total time minus the ideal total. The first content token is due at
+configured latency: TTFT minus 0.3 s, and total time minus the ideal total; and, read from the service's
+`/admin/stats`, its own share of the added TTFT (`srv p95`: how late it handed each first token to the socket; the
+rest is the client's CPU and the network). The first content token is due at
 TTFT and every further one an interval later, so the last of 50 tokens is due at `0.3 + 49 * 0.02 = 1.28 s`;
 that is the ideal total (`[DONE]` follows the last token without a further wait).
 
@@ -155,7 +157,9 @@ def stream_level(service: Any, concurrency: int, *, cold: bool, settle_s: float)
     if cold:
         args.append("--cold")
     result = run_client(args, timeout=240)
-    result["server_stats"] = service_stats(service)
+    result["server_stats"] = stats = service_stats(service)
+    # the service's own share of the added TTFT: how late it handed each first token to the socket
+    result["server_first_token_late_ms"] = stats.get("first_token_late_ms") if isinstance(stats, dict) else None
     client_cpu = result.get("client_cpu_s") or 0.0
     server_cpu = result.get("server_cpu_s") or 0.0
     result["cpu_per_stream_us"] = round((client_cpu + server_cpu) / max(result["completions"], 1) * 1e6, 1)
@@ -237,16 +241,18 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def streams_table(report: dict[str, Any]) -> str:
     header = (
-        f"{'streams':>7} {'done':>5} {'err':>4} | {'+TTFT ms p50':>12} {'p95':>6} {'p99':>6} | "
+        f"{'streams':>7} {'done':>5} {'err':>4} | {'+TTFT ms p50':>12} {'p95':>6} {'p99':>6} | {'srv p95':>7} | "
         f"{'+total ms p50':>13} {'p95':>6} {'p99':>6} | "
         f"{'cli CPU s':>9} {'srv CPU s':>9} {'us/stream':>9} {'other CPU s':>11} | {'wall s':>6}"
     )
     rows = [header, "-" * len(header)]
     for lv in report["levels"]:
         t, tot = lv["ttft_added_ms"], lv["total_added_ms"]
+        server = (lv.get("server_first_token_late_ms") or {}).get("p95")
         rows.append(
             f"{lv['concurrency']:>7} {lv['completions']:>5} {lv['errors']:>4} | {_fmt(t['p50']):>12} "
-            f"{_fmt(t['p95']):>6} {_fmt(t['p99']):>6} | {_fmt(tot['p50']):>13} {_fmt(tot['p95']):>6} "
+            f"{_fmt(t['p95']):>6} {_fmt(t['p99']):>6} | {_fmt(server):>7} | "
+            f"{_fmt(tot['p50']):>13} {_fmt(tot['p95']):>6} "
             f"{_fmt(tot['p99']):>6} | {_fmt(lv['client_cpu_s'], 2):>9} {_fmt(lv['server_cpu_s'], 2):>9} "
             f"{_fmt(lv['cpu_per_stream_us']):>9} {_fmt(lv.get('other_cpu_s'), 2):>11} | {_fmt(lv['wall_s'], 2):>6}"
         )

@@ -382,12 +382,12 @@ async def _stream(
     first_at: float,
     decision: Decision,
 ) -> web.StreamResponse:
-    """Server-sent events: role chunk and first token at TTFT, then one chunk per token as it is due."""
-    headers = dict(_STREAM_HEADERS)
-    headers.update(st.response_headers(request, request["t0"]))
-    resp = web.StreamResponse(status=200, headers=headers)
-    await resp.prepare(request)
-    request["status_sent"] = 200
+    """Server-sent events: role chunk and first token at TTFT, then one chunk per token as it is due.
+
+    The status line and headers go out with the first token, as the real API sends them (its
+    `openai-processing-ms` is about the time to first token): nothing is written while the answer is being
+    prefilled, so a burst of arrivals costs one write per stream, not two."""
+    resp = web.StreamResponse(status=200)
     cid = "chatcmpl-" + os.urandom(12).hex()
     created = int(time.time())
     head = (
@@ -413,9 +413,19 @@ async def _stream(
     if decision.stream_error_at is not None:
         stop_at = min(stop_at, max(1, min(n - 1, int(decision.stream_error_at * n))) if n > 1 else 0)
     sent = 0
+
+    async def begin() -> None:
+        resp.headers.update(_STREAM_HEADERS)
+        resp.headers.update(st.response_headers(request, request["t0"]))
+        await resp.prepare(request)
+        request["status_sent"] = 200
+
+    first_write = True
     try:
         pending: list[bytes] = [head + b'"role":"assistant","content":""' + tail]
         async for due in st.engine.pace(n, first_at):
+            if not resp.prepared:
+                await begin()
             end = min(sent + due, stop_at)
             for i in range(sent, end):
                 pending.append(content_head + pieces[tokens[i]] + (last_tail if i == n - 1 else tail))
@@ -424,6 +434,11 @@ async def _stream(
                 break
             await resp.write(b"".join(pending))
             pending = []
+            if first_write:  # the role chunk and the first token
+                st.stats.first_token_sent(asyncio.get_running_loop().time() - first_at)
+                first_write = False
+        if not resp.prepared:  # no token at all (max_tokens=0 is refused, but be safe)
+            await begin()
         if stop_at < n:  # a stream fault: the error event wins if both were drawn for the same point
             if decision.stream_error_at is not None and (
                 decision.drop_at is None or decision.stream_error_at <= decision.drop_at

@@ -7,7 +7,9 @@ incrementally, 128 tokens at a time, and kept in a bounded LRU per model whose e
 period of inactivity (OpenAI keeps them for minutes).
 
 The prompt's token stream mirrors `labkit.tokens.count_messages` exactly (framing tokens included), so
-its length is `usage.prompt_tokens` and matches the client-side estimate.
+its length is `usage.prompt_tokens` and matches the client-side estimate. Encodings of recent texts are kept in
+a small LRU: lab workloads repeat system prompts, contexts and questions, and the BPE encoding of a long context
+is the largest fixed cost of a request in the simulator (which should spend its CPU on streaming, not on this).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from labkit.tokens import REPLY_PRIMER, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, encoding_for, message_text
@@ -26,21 +29,25 @@ BLOCK = 128
 _FRAME = 0xFFFFFF00  # stands for framing tokens in the hashed stream (not a real token id)
 
 
+@lru_cache(maxsize=4096)
+def _encoded(model: str, text: str) -> tuple[int, ...]:
+    return tuple(encoding_for(model).encode(text))
+
+
 def prompt_tokens(messages: Sequence[Mapping[str, Any]], model: str, want_ids: bool) -> tuple[int, array | None]:
     """(prompt token count, token stream or None). The stream is built only when `want_ids` and the
     prompt is long enough to be cached, since short prompts never are."""
-    enc = encoding_for(model)
-    parts: list[list[int]] = []
+    parts: list[Sequence[int]] = []
     total = REPLY_PRIMER
     for m in messages:
-        role = enc.encode(str(m.get("role", "")))
-        content = enc.encode(message_text(m.get("content")))
+        role = _encoded(model, str(m.get("role", "")))
+        content = _encoded(model, message_text(m.get("content")))
         total += TOKENS_PER_MESSAGE + len(role) + len(content)
         parts.append([_FRAME, *role, _FRAME + 1])
         parts.append(content)
         parts.append([_FRAME + 2])
         if m.get("name"):
-            name = enc.encode(str(m["name"]))
+            name = _encoded(model, str(m["name"]))
             total += TOKENS_PER_NAME + len(name)
             parts.append([_FRAME + 3, *name])
     if not want_ids or total < MIN_CACHED:

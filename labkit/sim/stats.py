@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
+
+_LATE_KEPT = 10_000  # the last first-token lateness samples kept for /admin/stats
 
 
 class Stats:
@@ -21,6 +23,7 @@ class Stats:
         self.connections_opened = 0
         self._conns: set[Any] = set()
         self._prune_at = 64
+        self._first_late: deque[float] = deque(maxlen=_LATE_KEPT)
 
     def reset(self) -> None:
         """Zero the counters (connections still open stay tracked as open)."""
@@ -30,6 +33,21 @@ class Stats:
         self.peak_active_requests = self.active_requests
         self.disconnects = self.dropped = self.stream_errors = 0
         self.connections_opened = 0
+        self._first_late.clear()
+
+    def first_token_sent(self, late_s: float) -> None:
+        """How long after its due time a stream's first token was handed to the socket (the service's own
+        share of an added time to first token; the rest is the network and the client)."""
+        self._first_late.append(late_s if late_s > 0 else 0.0)
+
+    def first_token_late_ms(self) -> dict[str, float | int | None]:
+        ordered = sorted(self._first_late)
+        n = len(ordered)
+
+        def at(q: float) -> float | None:
+            return round(ordered[min(n - 1, int(q * n))] * 1000.0, 1) if n else None
+
+        return {"count": n, "p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": at(1.0)}
 
     def saw_connection(self, protocol: Any) -> None:
         """Note the connection a request arrived on (cheap: a set lookup per request)."""
@@ -71,4 +89,5 @@ class Stats:
             "connections_opened": self.connections_opened,
             "connections_open": self.connections_open(),
             "prefix_cache_entries": prefix_cache_entries,
+            "first_token_late_ms": self.first_token_late_ms(),
         }
