@@ -42,7 +42,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from labkit.chain import Chain, Handler, Layer, Result
 from labkit.endpoint import Endpoint
 from labkit.request import ChatRequest
-from labkit.stream import ChunkStream, assemble
+from labkit.stream import ChunkStream, assemble, completion_chunks
 
 TransportKind = Literal["lean", "sdk", "sdk-per-request"]
 
@@ -211,31 +211,10 @@ class UpstreamTap:
         return await call_next(request)
 
 
-def _chunk(completion: ChatCompletion, delta: dict[str, Any], finish: str | None, usage: Any = None) -> Any:
-    choices = [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    return ChatCompletionChunk.model_validate(
-        {
-            "id": completion.id,
-            "object": "chat.completion.chunk",
-            "created": completion.created,
-            "model": completion.model,
-            "system_fingerprint": completion.system_fingerprint,
-            "choices": choices,
-            "usage": usage,
-        }
-    )
-
-
 def completion_stream(completion: ChatCompletion, info: dict[str, Any] | None = None) -> ChunkStream:
-    """A whole completion replayed as a short stream: role, the text, the finish, the usage."""
-    choice = completion.choices[0]
-    chunks = [
-        _chunk(completion, {"role": "assistant", "content": ""}, None),
-        _chunk(completion, {"content": choice.message.content or ""}, None),
-        _chunk(completion, {}, choice.finish_reason or "stop"),
-    ]
-    if completion.usage is not None:
-        chunks.append(_chunk(completion, {}, None, usage=completion.usage.model_dump()))
+    """A whole completion replayed as a short stream, in the shape of a merged cache replay
+    (`labkit.stream.completion_chunks`: the role, the text and the finish in one chunk, then the usage)."""
+    chunks = completion_chunks(completion)
 
     async def source() -> AsyncIterator[ChatCompletionChunk]:
         for chunk in chunks:

@@ -5,7 +5,8 @@ plain async generator cannot do that well, because closing the outermost wrapper
 response at the bottom (so the service stops generating and the connection returns to the pool).
 `ChunkStream` keeps that close path and a small `info` dict (for example `{"source": "cache"}`) that
 layers may annotate and callers may read. `merge_chunks` turns a finished answer's chunks into one chunk plus usage
-(a cache replays a hit that way: the same text, two chunks instead of one per token).
+(a cache replays a hit that way: the same text, two chunks instead of one per token); `completion_chunks` gives a
+whole completion the same shape.
 """
 
 from __future__ import annotations
@@ -151,3 +152,21 @@ def merge_chunks(chunks: Sequence[ChatCompletionChunk]) -> list[ChatCompletionCh
         update={"delta": ChoiceDelta(role="assistant", content="".join(text)), "finish_reason": finish}
     )
     return [head.model_copy(update={"choices": [choice], "usage": None}), *usage]
+
+
+def completion_chunks(completion: ChatCompletion) -> list[ChatCompletionChunk]:
+    """A whole completion as the chunks of a merged replay: role, text and finish in one, then the usage."""
+    choice = completion.choices[0]
+    head = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
+            "model": completion.model, "system_fingerprint": completion.system_fingerprint}  # fmt: skip
+    delta = {"role": "assistant", "content": choice.message.content or ""}
+    chunks = [
+        ChatCompletionChunk.model_validate(
+            {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": choice.finish_reason or "stop"}]}
+        )
+    ]
+    if completion.usage is not None:
+        chunks.append(
+            ChatCompletionChunk.model_validate({**head, "choices": [], "usage": completion.usage.model_dump()})
+        )
+    return chunks

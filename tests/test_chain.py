@@ -7,7 +7,7 @@ from labkit.chain import Chain
 from labkit.endpoint import Endpoint
 from labkit.metrics import MetricsLayer, MetricsRecorder
 from labkit.request import ChatRequest
-from labkit.stream import ChunkStream
+from labkit.stream import ChunkStream, assemble, completion_chunks
 from labkit.transport import OpenAITransport
 
 
@@ -102,3 +102,17 @@ async def test_metrics_record_errors_by_class(transport):
         await chain.complete("hi", model="no-such-model")
     assert recorder.records[0].outcome == "NotFoundError"
     assert recorder.summary()["errors"] == 1
+
+
+async def test_a_completion_as_merged_chunks_assembles_back_to_the_same_answer(transport, model):
+    completion = await Chain(transport)(ChatRequest.create(model, "merge", max_tokens=12, temperature=0))
+    chunks = completion_chunks(completion)
+    assert len(chunks) == 2 and chunks[0].choices[0].delta.role == "assistant"
+
+    async def replay():
+        for chunk in chunks:
+            yield chunk
+
+    again = await assemble(replay())
+    assert again.choices[0].message.content == completion.choices[0].message.content
+    assert again.choices[0].finish_reason == completion.choices[0].finish_reason and again.usage == completion.usage
