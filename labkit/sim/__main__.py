@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import ssl
 import sys
@@ -80,9 +81,18 @@ async def _main(args: argparse.Namespace) -> None:
         profiles_path=args.profiles,
     )
     runner, port = await serve(config, args.host, args.port, ssl_context=_ssl_context(args))
+    _freeze_startup_objects()
     host = f"[{args.host}]" if ":" in args.host else args.host
     scheme = "https" if args.tls_cert else "http"
     await serve_until_stopped(f"{READY_PREFIX}{scheme}://{host}:{port}", runner.cleanup, args.parent_pid)
+
+
+def _freeze_startup_objects() -> None:
+    """Move what startup built (tokenizer tables, the answer corpus: tens of thousands of objects) out of the
+    garbage collector's reach. Otherwise the first full collection under load scans them all and stalls every
+    stream at once (measured here: about 80 ms added to every first token of a 100-stream burst)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _raise_open_files_limit() -> None:
