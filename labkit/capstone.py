@@ -646,16 +646,16 @@ def summarize(
     }
 
 
-def best_cost_change(ceiling: float, naive_hit_rate: float) -> float | None:
-    """The largest relative cost cut any cache could make against the naive client on this workload.
+def best_cost_change(min_upstream_requests: float, naive_upstream_requests: float) -> float | None:
+    """The largest relative cost cut any cache could make against the naive client in this run.
 
-    Even a perfect cache sends the share `1 - ceiling` upstream, and the naive client already answers
-    `naive_hit_rate` from its own cache; with the same cost per upstream request the best ratio is
-    `(1 - ceiling) / (1 - naive_hit_rate)`. (-0.54 means at most 54% cheaper.) None if the naive client sent nothing.
+    Every distinct meaning of the run (warm-up included) must go upstream at least once, whatever the cache; the
+    naive client sent `naive_upstream_requests` (its retries included, as billed). With the same cost per upstream
+    request the best ratio is their quotient: -0.54 means at most 54% cheaper. None if the naive client sent none.
     """
-    if naive_hit_rate >= 1.0:
+    if naive_upstream_requests <= 0:
         return None
-    return (1.0 - ceiling) / (1.0 - naive_hit_rate) - 1.0
+    return min(0.0, min_upstream_requests / naive_upstream_requests - 1.0)
 
 
 def before_after(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -991,7 +991,10 @@ async def compare(
         out[name] = s
     ceiling = out["ceiling"]["ceiling"]
     out["hit_share_of_ceiling"] = out["full"]["hit_rate"] / ceiling if ceiling else None
-    out["best_cost_change"] = best_cost_change(ceiling, out["naive"]["hit_rate"])
+    out["min_upstream_requests"] = len({item.meaning for item in workload.items})
+    out["best_cost_change"] = best_cost_change(
+        out["min_upstream_requests"], out["naive"]["upstream"]["upstream_requests"]
+    )
     out["table"] = before_after(out["naive"], out["full"])
     return out
 

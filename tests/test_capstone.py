@@ -205,10 +205,11 @@ def test_before_after_states_the_change_and_whether_each_target_was_met():
     assert table["error_rate"]["met"] is False and table["p95_ttfb_s"]["met"] is True
 
 
-def test_the_best_cost_cut_is_bounded_by_the_ceiling_and_what_the_naive_client_already_caches():
-    assert capstone.best_cost_change(0.9, 0.8) == pytest.approx(-0.5)  # 10% of requests upstream instead of 20%
-    assert capstone.best_cost_change(0.9, 0.0) == pytest.approx(-0.9)
-    assert capstone.best_cost_change(0.9, 1.0) is None
+def test_the_best_cost_cut_is_every_distinct_meaning_asked_once_against_what_the_naive_client_sent():
+    assert capstone.best_cost_change(50, 100) == pytest.approx(-0.5)
+    assert capstone.best_cost_change(100, 100) == 0.0
+    assert capstone.best_cost_change(120, 100) == 0.0  # more meanings than the naive client sent: no cut possible
+    assert capstone.best_cost_change(50, 0) is None
 
 
 def test_a_missing_value_leaves_its_row_undecided():

@@ -70,9 +70,10 @@ def test_the_threshold_is_checked_on_held_out_pairs(results):
 
 
 def test_a_replayed_stream_has_the_same_text_and_the_paced_one_keeps_its_timing(results):
-    live, instant, paced = results["streams"]
+    live, instant, paced, merged = results["streams"]
     assert results["streams_same_text"]
-    assert live["source"] == "upstream" and instant["source"] == paced["source"] == "cache"
+    assert live["source"] == "upstream" and instant["source"] == paced["source"] == merged["source"] == "cache"
+    assert merged["chunks"] == 2 and live["chunks"] > 2 and instant["chunks"] == live["chunks"]
     assert instant["total_ms"] < live["total_ms"] / 2
     assert paced["total_ms"] > 0.7 * live["total_ms"] - 5  # the recorded pace, less the request overhead
 
