@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.data import data_path
+from labkit.percentiles import percentile
 
 WORKLOADS_FILE = "capstone_workloads.json"
 #: A rate is "sustained" while at most this share of its requests fail or time out (the throughput row's rule).
@@ -516,16 +517,6 @@ TARGETS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     "error_rate": ("<= 0.1%", lambda b, a: a <= 0.001),
     "p95_ttfb_s": ("< 1 s", lambda b, a: a < 1.0),
 }
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def upstream_cost(
@@ -1121,7 +1112,6 @@ __all__ = [
     "max_sustainable_rate",
     "measure",
     "naive_caller",
-    "percentile",
     "poisson_arrivals",
     "run_open_loop",
     "settings",

@@ -35,9 +35,9 @@ from typing import Any
 
 from labkit.attempt import until_first_token
 from labkit.chain import Handler, Result
+from labkit.percentiles import percentile
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
-from labkit.streaming import percentile
 
 __all__ = ["HedgeLayer", "HedgeStats"]
 

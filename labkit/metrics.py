@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from labkit.chain import Handler, Result
 from labkit.monitoring.registry import Metrics
+from labkit.percentiles import sorted_percentile
 from labkit.pricing import PriceTable, default_prices
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
@@ -194,8 +195,8 @@ class MetricsLayer:
             self._finish(record, log, outcome, gaps)
             if gaps:
                 gaps.sort()
-                record.itl_p50_s = _sorted_percentile(gaps, 50)
-                record.itl_p95_s = _sorted_percentile(gaps, 95)
+                record.itl_p50_s = sorted_percentile(gaps, 50)
+                record.itl_p95_s = sorted_percentile(gaps, 95)
 
     def _estimate(self, record: RequestRecord, request: ChatRequest, text: str) -> None:
         """No usage chunk arrived (stopped or broken stream): count the prompt and the partial text."""
@@ -231,14 +232,6 @@ class MetricsLayer:
         record.stages = log.stages()
         self.recorder.add(record)
         self.metrics.record(record, itl=gaps or (), stages=record.stages)
-
-
-def _sorted_percentile(ordered: list[float], q: float) -> float:
-    """Linear-interpolation percentile of an already sorted, non-empty list (numpy's default method)."""
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 __all__ = ["MetricsLayer", "MetricsRecorder", "RequestRecord", "summarize"]

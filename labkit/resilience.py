@@ -34,9 +34,10 @@ from labkit.breaker import CircuitBreaker
 from labkit.chain import Chain, Layer
 from labkit.endpoint import Endpoint
 from labkit.hedge import HedgeLayer
+from labkit.percentiles import percentile
 from labkit.pricing import cost
 from labkit.retry import RetryLayer
-from labkit.streaming import StreamGuard, percentile
+from labkit.streaming import StreamGuard
 from labkit.transport import OpenAITransport
 
 __all__ = [

@@ -33,6 +33,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
 
 from labkit.chain import Handler, Result
+from labkit.percentiles import percentile
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 from labkit.tokens import count_messages, count_text
@@ -47,7 +48,6 @@ __all__ = [
     "StreamTiming",
     "consume",
     "estimate_usage",
-    "percentile",
     "trim_history",
 ]
 
@@ -55,17 +55,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100) by linear interpolation, as numpy's default; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclasses.dataclass

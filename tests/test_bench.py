@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from labkit.bench.client import percentile, summary_ms
+from labkit.bench.client import summary_ms
 from labkit.bench.runner import QUICK_LEVELS, SDK_REQUESTS_QUICK, TARGETS, evaluate_targets
+from labkit.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 PERCENTILES = {"p50", "p95", "p99", "min", "max", "mean"}

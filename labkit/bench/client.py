@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import resource
 import sys
@@ -41,6 +40,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
+
+from labkit.percentiles import percentile
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MODEL = "gpt-4o-mini"
@@ -67,17 +68,6 @@ def cpu_seconds() -> float:
     """User plus system CPU time of this process, in seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float | None]:

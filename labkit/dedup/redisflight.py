@@ -232,8 +232,10 @@ class RedisSingleFlight:
             await pubsub.subscribe(channel)
             for stored in await self.redis.mget(result_key, error_key):  # published before we subscribed?
                 if stored is not None:
-                    self.stats.late_hits += 1
-                    return decode(stored)
+                    completion = decode(stored)  # raises the flight's error
+                    if completion is not None:
+                        self.stats.late_hits += 1
+                    return completion
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
                 if message is None and not await self.redis.exists(lock):

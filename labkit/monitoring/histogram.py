@@ -97,7 +97,7 @@ class Histogram:
         """Add many durations at once (what `observe` would record for each, at a fraction of the cost).
 
         Refused whole, with nothing recorded, if any value is not a finite number >= 0."""
-        array = np.fromiter(values, dtype=float) if not isinstance(values, np.ndarray) else values.astype(float)
+        array = np.asarray(values, dtype=float) if isinstance(values, np.ndarray) else np.fromiter(values, dtype=float)
         if not array.size:
             return
         if not (np.isfinite(array).all() and (array >= 0.0).all()):

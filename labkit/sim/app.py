@@ -420,12 +420,12 @@ async def _stream(
         await resp.prepare(request)
         request["status_sent"] = 200
 
-    first_write = True
     try:
         pending: list[bytes] = [head + b'"role":"assistant","content":""' + tail]
         async for due in st.engine.pace(n, first_at):
-            if not resp.prepared:
+            if not resp.prepared:  # the role chunk and the first token are due
                 await begin()
+                st.stats.first_token_sent(asyncio.get_running_loop().time() - first_at)
             end = min(sent + due, stop_at)
             for i in range(sent, end):
                 pending.append(content_head + pieces[tokens[i]] + (last_tail if i == n - 1 else tail))
@@ -434,9 +434,6 @@ async def _stream(
                 break
             await resp.write(b"".join(pending))
             pending = []
-            if first_write:  # the role chunk and the first token
-                st.stats.first_token_sent(asyncio.get_running_loop().time() - first_at)
-                first_write = False
         if not resp.prepared:  # no token at all (max_tokens=0 is refused, but be safe)
             await begin()
         if stop_at < n:  # a stream fault: the error event wins if both were drawn for the same point
