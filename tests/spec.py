@@ -1,7 +1,7 @@
 """Validate JSON against the schemas of the public OpenAI OpenAPI description.
 
-The description lives beside the repository in `../shared/spec/openai-openapi.json` (override with the
-environment variable `OPENAI_SPEC_PATH`). It still carries OpenAPI 3.0 `nullable: true` flags, which a
+The description is kept in the repository, `tests/spec_data/openai-openapi.json` (MIT licence beside it; override
+with the environment variable `OPENAI_SPEC_PATH`). It still carries OpenAPI 3.0 `nullable: true` flags, which a
 JSON Schema 2020-12 validator ignores, so each `{..., nullable: true}` is rewritten as
 `{anyOf: [{...}, {type: "null"}]}` before any schema is used.
 """
@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC_PATH = REPO_ROOT.parent / "shared" / "spec" / "openai-openapi.json"
+DEFAULT_SPEC_PATH = REPO_ROOT / "tests" / "spec_data" / "openai-openapi.json"
 DOCUMENT_URI = "urn:openai-openapi"
 
 
