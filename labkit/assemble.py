@@ -239,7 +239,7 @@ class SemanticStreams:
         semantic = self.semantic
         stats = semantic.stats
         stats.requests += 1
-        ctl = CacheControls.of(request.controls) if request.controls else CacheControls()
+        ctl = CacheControls.of(request.controls)
         text = last_user_text(request)
         if text is None or (is_sampled(request) and not semantic.cache_sampled):
             stats.bypassed += 1

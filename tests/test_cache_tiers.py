@@ -8,6 +8,8 @@ import time
 
 import orjson
 import pytest
+import redis
+import redis.asyncio
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.cache import CorruptEntry, Entry, EntryTooLarge, MemoryTier, RecordedChunk, decode
@@ -124,6 +126,7 @@ async def test_memory_tier_expires_entries():
     assert await tier.get("k") is not None
     await asyncio.sleep(0.08)
     assert await tier.get("k") is None
+    assert len(tier) == 0  # dropped when it was read expired
 
 
 # -- Redis, Memcached, SQLite -----------------------------------------------------------------------------------
@@ -204,6 +207,21 @@ async def test_a_burst_larger_than_the_redis_pool_waits_for_a_connection(redis_s
         assert all(g is not None for g in got)
     finally:
         await tier.clear()
+        await tier.aclose()
+
+
+async def test_an_operation_that_finds_no_free_redis_connection_in_time_raises_a_clear_error(redis_service):
+    tier = RedisTier(redis_service.url, prefix=f"test:{time.monotonic_ns()}:", max_connections=1, timeout_s=0.1)
+    pauser = redis.asyncio.Redis.from_url(redis_service.url)
+    try:
+        await pauser.execute_command("CLIENT", "PAUSE", "500", "ALL")  # the server holds every command for 0.5 s
+        slow = asyncio.create_task(tier.get("held"))  # takes the one connection and waits on the paused server
+        await asyncio.sleep(0.01)
+        with pytest.raises(redis.ConnectionError, match=r"no Redis connection free within 0\.1 s"):
+            await tier.get("waiting")
+        assert await slow is None  # the first one still completes once the server resumes
+    finally:
+        await pauser.aclose()
         await tier.aclose()
 
 

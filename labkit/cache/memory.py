@@ -1,17 +1,21 @@
 """L1: an in-process tier, bounded by entries *and* bytes, with a TTL per entry and LRU eviction.
 
 The common advice calls Redis "the L1 memory cache"; Redis is a network hop (about 250 µs here), an in-process
-dict is a few µs. This tier is `cachetools.TLRUCache` (a well-kept library: per-item expiry, LRU order, a size
-function), with the size counted in bytes of the entry's stored JSON and a second bound on the entry count
-(TLRUCache knows one bound only, so the count is enforced after each insert). Entries are kept decoded, so a hit
-costs no parsing.
+dict is a few µs. This tier is `cachetools.LRUCache` (a well-kept library: LRU order, a size function), with the
+size counted in bytes of the entry's stored JSON and a second bound on the entry count (the cache knows one bound
+only, so the count is enforced after each insert). Entries are kept decoded, so a hit costs no parsing.
+
+Expiry is checked on read: every entry carries its own `expires_at`, and an expired one is dropped when it is
+looked up, or pushed out by LRU order like any cold entry, so both bounds hold at all times. `TLRUCache` would
+also sweep expired entries on every access, at ten times the cost of a hit here (3.3 µs against 0.4 µs a lookup):
+an L1 hit has to stay well under 20 µs through the whole layer chain.
 """
 
 from __future__ import annotations
 
 import time
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from labkit.cache.base import Entry
 
@@ -28,26 +32,26 @@ class MemoryTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.refused = 0
-        self._cache: TLRUCache[str, Entry] = TLRUCache(
-            maxsize=max_bytes,
-            ttu=lambda _key, entry, _now: entry.expires_at,
-            timer=time.time,
-            getsizeof=lambda entry: entry.size,
-        )
+        self._cache: LRUCache[str, Entry] = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry.size)
 
     def __len__(self) -> int:
         return len(self._cache)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._cache
+        """Whether an unexpired entry is there (a lookup: it counts as a use in LRU order)."""
+        return self.get_now(key) is not None
 
     @property
     def bytes_used(self) -> int:
         return int(self._cache.currsize)
 
     def get_now(self, key: str) -> Entry | None:
-        """The synchronous lookup (the layer's fast path calls it without an await)."""
-        return self._cache.get(key)
+        """The synchronous lookup (the layer's fast path calls it without an await); an expired entry is dropped."""
+        entry = self._cache.get(key)
+        if entry is not None and entry.expires_at <= time.time():
+            del self._cache[key]
+            return None
+        return entry
 
     def set_now(self, key: str, entry: Entry) -> None:
         if entry.size > self.max_bytes:  # TLRUCache would raise: an entry larger than the whole tier is skipped

@@ -231,7 +231,7 @@ class SemanticCache:
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         self.stats.requests += 1
-        ctl = CacheControls.of(request.controls) if request.controls else CacheControls()
+        ctl = CacheControls.of(request.controls)
         text = last_user_text(request)
         if request.stream or text is None or (is_sampled(request) and not self.cache_sampled):
             self.stats.bypassed += 1
