@@ -27,7 +27,7 @@ from labkit.transport import OpenAITransport
 
 async def work(args: argparse.Namespace) -> dict[str, object]:
     client = aioredis.from_url(args.redis_url)
-    budget = RedisBudget(client, args.key, args.rpm, args.tpm)
+    budget = RedisBudget(client, args.key, args.rpm, args.tpm, burst_s=args.burst_s)
     layer = AdmissionLayer(budget=budget, max_concurrency=args.concurrency)
     requests = [
         ChatRequest.create(
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="labkit:budget")
     parser.add_argument("--rpm", type=float, required=True)
     parser.add_argument("--tpm", type=float, required=True)
+    parser.add_argument("--burst-s", type=float, default=0.5, help="seconds of the rate the shared bucket holds")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--model", default="gpt-4o")

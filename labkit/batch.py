@@ -38,6 +38,7 @@ class ItemResult(Generic[R]):
     value: R | None = None
     error: BaseException | None = None
     latency_s: float | None = None
+    finished_s: float | None = None  # when it ended, in seconds after the batch started
 
     @property
     def ok(self) -> bool:
@@ -62,6 +63,20 @@ class BatchResult(Generic[R]):
     @property
     def errors(self) -> list[ItemResult[R]]:
         return [item for item in self.items if item.status is ItemStatus.ERROR]
+
+    def sustained_rate(self) -> float | None:
+        """Completions per second over the second half of the batch's answers (None with fewer than 4).
+
+        The throughput a limit allows is a rate; a whole batch's count over its wall time also holds its edges:
+        the opening burst, and the last answer's latency after the last departure. The second half of the
+        completions is past the burst and before the drain, so it measures the pace the batch settled at.
+        """
+        ends = sorted(item.finished_s for item in self.items if item.ok and item.finished_s is not None)
+        if len(ends) < 4:
+            return None
+        half = len(ends) // 2
+        span = ends[-1] - ends[half]
+        return (len(ends) - 1 - half) / span if span > 0 else None
 
     def summary(self) -> dict[str, Any]:
         return {"wall_s": round(self.wall_s, 3), "cancelled": self.cancelled} | {
@@ -93,6 +108,7 @@ class BatchRun(Generic[T, R]):
     task: asyncio.Task[BatchResult[R]] | None = field(default=None, init=False)
     _cancelled: bool = field(default=False, init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _t0: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -127,7 +143,7 @@ class BatchRun(Generic[T, R]):
         return self.wait().__await__()
 
     async def _run(self) -> BatchResult[R]:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         if self.observer:
             self.observer.batch_started(len(self.inputs))
         queue = iter(range(len(self.inputs)))
@@ -159,6 +175,7 @@ class BatchRun(Generic[T, R]):
             except asyncio.CancelledError:
                 item.status = ItemStatus.CANCELLED
                 item.latency_s = time.perf_counter() - t0
+                item.finished_s = time.perf_counter() - self._t0
                 if self.observer:
                     self.observer.item_finished(item)
                 return
@@ -166,6 +183,7 @@ class BatchRun(Generic[T, R]):
                 item.status = ItemStatus.ERROR
                 item.error = error
             item.latency_s = time.perf_counter() - t0
+            item.finished_s = time.perf_counter() - self._t0
             if self.observer:
                 self.observer.item_finished(item)
 

@@ -61,6 +61,55 @@ def test_sync_lowers_the_level_to_what_the_service_reports_but_never_raises_it()
     assert budget.tokens.available() == pytest.approx(1000, abs=5)
 
 
+def sim_headers(rpm: int, tpm: int, burst_s: float, used_requests: float, used_tokens: float) -> dict[str, str]:
+    """The six headers the simulated service sends, for a bucket holding ``burst_s`` of the limit."""
+    req_cap, tok_cap = rpm * burst_s / 60, tpm * burst_s / 60
+    return {
+        "x-ratelimit-limit-requests": str(rpm),
+        "x-ratelimit-limit-tokens": str(tpm),
+        "x-ratelimit-remaining-requests": str(int(req_cap - used_requests)),
+        "x-ratelimit-remaining-tokens": str(int(tok_cap - used_tokens)),
+        "x-ratelimit-reset-requests": f"{used_requests * 60 / rpm * 1000:.0f}ms",
+        "x-ratelimit-reset-tokens": f"{used_tokens * 60 / tpm * 1000:.0f}ms",
+    }
+
+
+def test_sync_adopts_a_published_limit_below_the_configured_one():
+    budget = LocalBudget(rpm=1200, tpm=60_000, burst_s=0.5, headroom=0.0)
+    budget.sync(sim_headers(600, 30_000, 1.0, used_requests=1, used_tokens=50))
+    assert budget.requests.rate == pytest.approx(600 / 60)
+    assert budget.tokens.rate == pytest.approx(30_000 / 60)
+    assert budget.limit_syncs >= 2
+
+
+def test_sync_never_raises_a_rate_above_the_configured_one():
+    budget = LocalBudget(rpm=600, tpm=30_000, burst_s=0.5, headroom=0.0)
+    budget.sync(sim_headers(1200, 60_000, 1.0, used_requests=1, used_tokens=50))
+    assert budget.requests.rate == pytest.approx(10) and budget.tokens.rate == pytest.approx(500)
+    assert budget.limit_syncs == 0
+
+
+def test_sync_reads_the_services_bucket_size_from_remaining_and_reset():
+    # configured to hold 2 s of the rate; the service's bucket holds 0.5 s (limit, remaining and reset say so)
+    budget = LocalBudget(rpm=1200, tpm=60_000, burst_s=2.0, headroom=0.0)
+    budget.sync(sim_headers(1200, 60_000, 0.5, used_requests=4, used_tokens=200))
+    assert budget.requests.capacity == pytest.approx(1200 * 0.5 / 60, abs=0.1)
+    assert budget.tokens.capacity == pytest.approx(60_000 * 0.5 / 60, abs=1)
+
+
+def test_malformed_rate_limit_headers_are_ignored():
+    budget = LocalBudget(rpm=600, tpm=30_000, burst_s=1.0, headroom=0.0)
+    bad = {
+        "x-ratelimit-limit-requests": "lots",
+        "x-ratelimit-remaining-requests": "-3",
+        "x-ratelimit-reset-requests": "soon",
+        "x-ratelimit-limit-tokens": "nan",
+    }
+    budget.sync(bad)
+    assert budget.requests.rate == pytest.approx(10) and budget.requests.available() == pytest.approx(10)
+    assert budget.limit_syncs == 0 and budget.syncs_lowered == 0
+
+
 async def test_refunds_of_requests_admitted_before_a_sync_are_not_counted_twice():
     budget = LocalBudget(rpm=600, tpm=60_000, burst_s=1.0, headroom=0.0, slack_s=0.0)
     assert await budget.try_acquire(500) == 0
@@ -111,11 +160,25 @@ async def test_admission_refunds_the_unused_estimate_from_usage(fresh_sim):
     assert layer.stats.used_tokens == completion.usage.total_tokens < layer.stats.estimated_tokens
 
 
-async def test_admission_reads_the_rate_limit_headers_of_each_answer(fresh_sim):
-    layer = AdmissionLayer(10_000, 1_000_000)
+async def test_admission_learns_the_published_limit_from_the_first_answer(fresh_sim):
+    fresh_sim.set_limits(rpm=600, tpm=30_000, burst_s=1.0)
+    layer = AdmissionLayer(10_000, 1_000_000, headroom=0.0)  # configured far above what the service allows
     async with OpenAITransport(fresh_sim.endpoint) as transport:
         await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
     assert layer.stats.header_syncs == 1
+    assert layer.budget.requests.rate == pytest.approx(600 / 60)
+    assert layer.budget.tokens.rate == pytest.approx(30_000 / 60)
+
+
+async def test_admission_lowers_its_level_when_another_client_spent_the_budget(fresh_sim):
+    fresh_sim.set_limits(rpm=600, tpm=30_000, burst_s=1.0)
+    layer = AdmissionLayer(600, 30_000, burst_s=1.0, headroom=0.0)
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        other = Chain(transport)  # a client on the same key that does not go through the layer
+        await asyncio.gather(*(other.complete(f"other {i}", model="gpt-4o", max_tokens=5) for i in range(6)))
+        await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
+    assert layer.budget.syncs_lowered == 1
+    assert layer.budget.requests.available() < 10 - 6 + 1
 
 
 async def test_admission_passes_streams_through_and_frees_the_slot_when_closed(fresh_sim):
@@ -128,14 +191,19 @@ async def test_admission_passes_streams_through_and_frees_the_slot_when_closed(f
         assert (await chain.complete("again", model="gpt-4o", max_tokens=5)).choices
 
 
-async def test_a_429_pauses_the_layer_and_is_counted(fresh_sim):
-    fresh_sim.set_faults({"error_rates": {"429": 1.0}, "retry_after_s": 0.2})
+async def test_a_429_is_counted_and_the_next_request_waits_out_its_retry_after(fresh_sim):
+    fresh_sim.set_faults({"error_rates": {"429": 1.0}, "retry_after_s": 1.0})
     layer = AdmissionLayer(10_000, 1_000_000)
     async with OpenAITransport(fresh_sim.endpoint) as transport:
         with pytest.raises(openai.RateLimitError):
             await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
     assert layer.stats.rate_limited == 1
-    assert layer._paused_until > 0
+    fresh_sim.set_faults({})
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        started = asyncio.get_running_loop().time()
+        await Chain(transport, [layer]).complete("after the pause", model="gpt-4o", max_tokens=5)
+    assert layer.stats.waited_s >= 0.5  # the next request waited out (the rest of) the retry-after
+    assert asyncio.get_running_loop().time() - started >= 0.5
 
 
 async def test_redis_budget_shares_one_limit_between_two_budgets(redis_service):

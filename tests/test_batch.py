@@ -34,6 +34,16 @@ async def test_one_failing_item_is_that_items_error_not_the_batchs():
     assert result.values[4] == 4
 
 
+async def test_the_sustained_rate_leaves_out_the_opening_burst():
+    async def paced(x: int) -> int:  # ten at once (the burst), then one every 20 ms
+        await asyncio.sleep(0 if x < 10 else 0.02 * (x - 9))
+        return x
+
+    result = await run_batch(paced, range(30), concurrency=30)
+    assert result.sustained_rate() == pytest.approx(50, rel=0.25)  # the whole batch: 30 / 0.4 s = 75 per second
+    assert result.count(ItemStatus.OK) / result.wall_s > 65
+
+
 async def test_concurrency_bounds_items_in_flight():
     in_flight = peak = 0
 
