@@ -3,12 +3,15 @@
 1. The chat page: text grows over several reads before the stream ends; Stop aborts a second long answer and the
    simulated service sees the disconnect; bad input and upstream failures show a clear message.
 2. 03_streaming.ipynb's live-view cells in JupyterLab: the widget's text grows (so a broken widget front end,
-   "Error displaying widget", fails the test).
+   "Error displaying widget", fails the test), and a click on the Stop pane's button (the learner's path, not the
+   scripted `stop_after` of papermill runs) stops the stream: the text stops growing, the pane says it stopped,
+   and the next cell reports the disconnect the service saw.
 """
 
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -167,9 +170,10 @@ TEST_PARAMETERS = {
     "LIVE_MAX_TOKENS": 50,
     "STOP_AFTER_TOKENS": 20,
     "SEED": 0,
-    "INTERACTIVE": False,
+    "INTERACTIVE": True,  # nothing scripted: the test clicks Stop itself
     "RESULTS_PATH": None,
 }
+STOP_RESULT_CELL = "await pane.result()"  # the cell after the Stop pane's start: it waits for the outcome
 
 
 def live_view_notebook(folder: Path) -> Path:
@@ -185,6 +189,14 @@ def live_view_notebook(folder: Path) -> Path:
     return path
 
 
+def cell_index(path: Path, snippet: str) -> int:
+    """The index of the one code cell of the notebook at `path` whose source contains `snippet`."""
+    cells = nbformat.read(path, as_version=4).cells
+    hits = [i for i, c in enumerate(cells) if snippet in c.source]
+    assert len(hits) == 1, (snippet, hits)
+    return hits[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,7 +208,7 @@ def jupyterlab(tmp_path):
     port, token = free_port(), "labkit-test-token"
     root = tmp_path / "lab"
     root.mkdir()
-    live_view_notebook(root)
+    notebook = live_view_notebook(root)
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), PYTHONPATH=str(ROOT))
     jupyter = Path(sys.executable).parent / "jupyter"
     argv = [
@@ -219,7 +231,7 @@ def jupyterlab(tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((tmp_path / "jupyter.log").read_text(errors="replace")[-3000:]) from None
                 time.sleep(0.2)
-        yield url, token
+        yield url, token, notebook
     finally:
         proc.terminate()
         try:
@@ -230,8 +242,27 @@ def jupyterlab(tmp_path):
         log.close()
 
 
-async def test_live_view_widget_grows_in_jupyterlab(jupyterlab, page, tmp_path):
-    url, token = jupyterlab
+async def run_cells(page, command: str, index: int) -> None:
+    """Make cell `index` the active one and run `command` (run-all-above / run-all-below) without awaiting it:
+    the command's promise settles only when its cells have run."""
+    await page.evaluate(
+        """([command, index]) => { const panel = window.jupyterapp.shell.currentWidget;
+        panel.content.activeCellIndex = index; window.jupyterapp.commands.execute(command); }""",
+        [command, index],
+    )
+
+
+async def pane_texts(page) -> list[int]:
+    return await page.eval_on_selector_all(".lk-live-text", "els => els.map(e => e.textContent.length)")
+
+
+async def pane_stats(page) -> list[str]:
+    return await page.eval_on_selector_all(".lk-live-stats", "els => els.map(e => e.innerText)")
+
+
+async def test_live_view_grows_and_the_stop_button_stops_it_in_jupyterlab(jupyterlab, page, tmp_path):
+    url, token, notebook = jupyterlab
+    stop_result = cell_index(notebook, STOP_RESULT_CELL)
     await page.goto(f"{url}/lab/tree/03_streaming.ipynb?token={token}", timeout=60_000)
     await page.wait_for_function(
         """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -239,27 +270,52 @@ async def test_live_view_widget_grows_in_jupyterlab(jupyterlab, page, tmp_path):
         return k && k.status === 'idle'; }""",
         timeout=60_000,
     )
-    # not awaited in the page: the command's promise settles only when every cell has run
-    await page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    # everything up to the Stop pane's start: its stream then runs as a task while no cell runs, so the kernel
+    # delivers the button's click (it would not while `await pane.result()` runs)
+    await run_cells(page, "notebook:run-all-above", stop_result)
     lengths: dict[int, list[int]] = {}
     deadline = time.monotonic() + 90
-    stopped = False
-    while time.monotonic() < deadline and not stopped:
+    while time.monotonic() < deadline and len(lengths.get(2, [])) < 2:
         assert await page.get_by_text("Error displaying widget").count() == 0
-        texts = await page.eval_on_selector_all(".lk-live-text", "els => els.map(e => e.textContent.length)")
-        for i, n in enumerate(texts):
+        for i, n in enumerate(await pane_texts(page)):
             seen = lengths.setdefault(i, [])
             if n and (not seen or n != seen[-1]):
                 seen.append(n)
-        stats = await page.eval_on_selector_all(".lk-live-stats", "els => els.map(e => e.innerText)")
-        stopped = any("stopped" in s and "usage" in s for s in stats)
-        await asyncio.sleep(0.05)
-    await page.screenshot(path=str(tmp_path / "jupyterlab_live_view.png"), full_page=True)
+        await asyncio.sleep(0.02)
+    assert len(lengths) == 3, lengths  # two panes side by side, and the Stop pane
+    assert len(lengths[0]) >= 3 and lengths[0] == sorted(lengths[0]), lengths  # the bench pane grew over time
+    assert len(lengths[2]) >= 2 and lengths[2] == sorted(lengths[2]), lengths  # the Stop pane is growing
+
+    # the learner's click on the Stop pane's button, while its stream is still running
+    stop_button = page.locator(".lk-live-pane").nth(2).locator("button", has_text="Stop")
+    assert await stop_button.is_enabled()
+    await stop_button.click()
+    await page.wait_for_function(
+        "() => { const s = document.querySelectorAll('.lk-live-stats')[2]; return s && /done|stopped|error/.test("
+        "s.innerText) && s.innerText.includes('usage'); }",
+        timeout=10_000,
+    )
+    stats = (await pane_stats(page))[2]
+    assert "stopped" in stats, f"the stream was not stopped by the click: {stats!r}"
+    assert "estimated from the partial text" in stats, stats  # no usage chunk for a stopped stream
+    stopped_tokens = int(re.search(r"usage: (\d+) tokens", stats).group(1))
+    assert 0 < stopped_tokens < 50, stats  # 'bench' answers have 50 tokens: this one was cut short
+    stopped_length = (await pane_texts(page))[2]
+    assert stopped_length >= lengths[2][-1] > 0
+    await asyncio.sleep(0.6)  # 30 more tokens' worth at 20 ms each, had the stream gone on
+    assert (await pane_texts(page))[2] == stopped_length, "the text kept growing after Stop"
+    assert await stop_button.is_disabled()
+    await page.screenshot(path=str(tmp_path / "jupyterlab_live_view_stopped.png"), full_page=True)
+
+    # the next cell collects the outcome: the service saw the connection close
+    await run_cells(page, "notebook:run-all-below", stop_result)
+    rendered = "() => [...document.querySelectorAll('.jp-RenderedMarkdown')].map(e => e.innerText).join('\\n')"
+    await page.wait_for_function(f"() => ({rendered})().includes('disconnect(s)')", timeout=30_000)
+    report = await page.evaluate(rendered)
+    assert "Stream stopped" in report and "counted 1 disconnect(s)" in report, report
+    assert f"usage {stopped_tokens} completion tokens (estimated from the partial text)" in report, report
     errors = await page.eval_on_selector_all(
         ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']", "els => els.map(e => e.innerText)"
     )
     assert not errors, errors
-    assert len(lengths) == 3, lengths  # two panes side by side, and the Stop pane
-    assert len(lengths[0]) >= 3 and lengths[0] == sorted(lengths[0]), lengths  # the bench pane grew over time
-    assert len(lengths[2]) >= 2, lengths  # the Stop pane grew before it was stopped
-    assert stopped, "the Stop pane never reported a stopped stream"
+    await page.screenshot(path=str(tmp_path / "jupyterlab_live_view.png"), full_page=True)

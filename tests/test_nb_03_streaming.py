@@ -8,11 +8,12 @@ pytestmark = pytest.mark.notebook
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    # 'bench': fixed 0.3 s to the first token, then 20 ms per token, so the figures are deterministic
+    # 'bench-prefill': 0.3 s plus 0.25 ms per uncached prompt token (4000 prompt tokens/s) to the first token, then
+    # 20 ms per token, no randomness: prompt length and prefix-cache hits move TTFT by a known amount
     return run_notebook(
         "03_streaming",
         tmp_path_factory.mktemp("nb03"),
-        PROFILE="bench",
+        PROFILE="bench-prefill",
         MODEL="gpt-4o",
         PROFILE_B="fast",
         MODEL_B="gpt-4o-mini",
@@ -45,6 +46,22 @@ def test_max_tokens_moves_the_total_not_the_ttft(results):
     assert 0.01 < results["total_s_per_extra_token"] < 0.05
 
 
+def test_prompt_length_moves_the_ttft_not_the_itl(results):
+    # 100 -> 2000 prompt tokens: about 1900 more tokens to prefill at 0.25 ms each, i.e. +0.47 s to the first token
+    by_prompt = results["by_prompt_tokens"]
+    short, long = by_prompt["100"], by_prompt["2000"]
+    assert long["stream"]["prompt_tokens"] > short["stream"]["prompt_tokens"] + 1500
+    assert long["stream"]["ttft_s"] > short["stream"]["ttft_s"] + 0.25
+    assert long["plain"]["ttft_s"] > short["plain"]["ttft_s"] + 0.25  # a plain call waits for the prefill too
+    assert 125 < results["ttft_ms_per_1k_prompt_tokens"] < 500  # 250 ms per 1000 tokens in the profile
+    assert results["ttft_moves_with_prompt"]
+    # the decode speed after the first token does not depend on the prompt
+    assert long["stream"]["itl_p50_s"] < 2 * short["stream"]["itl_p50_s"]
+    assert long["stream"]["tpot_s"] < 2 * short["stream"]["tpot_s"]
+    decode_s = [p["stream"]["total_s"] - p["stream"]["ttft_s"] for p in (short, long)]
+    assert abs(decode_s[1] - decode_s[0]) < 0.2
+
+
 def test_levers(results):
     levers = results["levers"]
     assert levers["max_tokens"]["after"]["completion_tokens"] <= 5 < levers["max_tokens"]["before"]["completion_tokens"]
@@ -54,6 +71,10 @@ def test_levers(results):
     assert levers["prefix_cache"]["after"]["cached_tokens"] >= 1024
     assert levers["prefix_cache"]["before"]["cached_tokens"] == 0
     assert levers["prefix_cache"]["after"]["cost_usd"] < levers["prefix_cache"]["before"]["cost_usd"]
+    # cached tokens skip prefill: about 1400 of ~1450 prompt tokens, i.e. some 0.35 s less to the first token
+    assert levers["prefix_cache"]["after"]["ttft_s"] < levers["prefix_cache"]["before"]["ttft_s"] - 0.15
+    # the full history (thousands of prompt tokens) prefills far longer than the trimmed one (at most 400)
+    assert levers["history"]["after"]["ttft_s"] < levers["history"]["before"]["ttft_s"] - 0.2
 
 
 def test_live_view_streams_both_endpoints(results):

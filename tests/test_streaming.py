@@ -126,9 +126,20 @@ async def test_sse_error_event_is_a_mid_stream_error_with_partial_text(fresh_sim
     assert "partial_text" in str(error) and "error event" in str(error)
     assert isinstance(error.__cause__, openai.APIError)
     assert error.body and error.body.get("type") == "server_error"
-    assert not error.retryable or not error.partial_text
+    # text was shown before the error: a transparent retry would repeat it, so it is not retryable
+    assert error.partial_text and error.chunks > 0
+    assert error.retryable is False
     assert recorder.records[-1].outcome == "MidStreamError"
     assert fresh_sim.stats()["stream_errors"] == 1
+
+
+def test_a_stream_error_is_retryable_only_while_no_text_was_received():
+    before_text = MidStreamError("truncated", "no finish_reason", partial_text="", chunks=0)
+    after_text = MidStreamError("dropped", "connection reset", partial_text="Hello, wor", chunks=3)
+    assert before_text.retryable is True
+    assert after_text.retryable is False and after_text.partial_text == "Hello, wor"
+    assert StreamTimeout("too slow", partial_text="").retryable is True
+    assert StreamTimeout("too slow", partial_text="Hi").retryable is False
 
 
 async def test_dropped_connection_is_a_mid_stream_error_with_partial_text(fresh_sim, fast_transport):
@@ -174,6 +185,7 @@ async def test_total_timeout_keeps_the_partial_text(clean_bench, bench_transport
     error = info.value
     # 0.3 s to the first token, then 20 ms per token: about 15 tokens in 0.6 s
     assert 3 <= error.chunks < 50 and error.partial_text
+    assert error.retryable is False  # text was shown: a retry would repeat it
     assert 0.55 < error.elapsed_s < 1.5
 
 
