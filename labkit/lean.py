@@ -1,16 +1,18 @@
 """A lean transport: the OpenAI chat-completions wire protocol spoken directly on aiohttp.
 
-Why: on a small machine the official SDK costs several times more client CPU per request than the HTTP
-client under it (request options, headers, retries machinery, response wrappers, and a pure-Python model
-construction), and at hundreds of concurrent streams that CPU, not the service, sets the time to first token.
+Why: the official SDK spends client CPU per request on top of the HTTP client under it (request options,
+headers, retries machinery, response wrappers, and a pure-Python model construction), and with many
+concurrent streams on a small machine that CPU adds to the time to first token. How much, on a given
+machine, is measured, not assumed: `python -m labkit.poolbench` and the pooling lesson (part 5).
 This transport has the same interface as `OpenAITransport` (`await transport(request)` returns a
 `ChatCompletion` or a `ChunkStream` of `ChatCompletionChunk`) and keeps what callers rely on:
 
 - the same request: `ChatRequest.body()` as JSON, `Authorization: Bearer`, per-request `timeout` and
   `headers` controls;
 - the same types: responses become the SDK's pydantic models. They are *validated* with pydantic-core
-  (`model_validate`), which measured about 15 times cheaper here than the SDK's own lenient, pure-Python
-  `construct`; a body that does not validate falls back to `construct`, so it never fails where the SDK
+  (`model_validate`), which runs in Rust, instead of the SDK's own lenient, pure-Python `construct` (how much
+  cheaper it is on a given machine: `parse_cost` in `python -m labkit.poolbench`'s JSON, or part 5 of the
+  pooling lesson); a body that does not validate falls back to `construct`, so it never fails where the SDK
   would not. `_request_id` is set from `x-request-id` as the SDK does;
 - server-sent events parsed as the SSE standard says (fields, comments, CR/LF/CRLF line ends, multi-line
   data), ending at `data: [DONE]`;
@@ -25,8 +27,9 @@ This transport has the same interface as `OpenAITransport` (`await transport(req
   `last_ratelimit`; the raw headers where `OpenAITransport` puts them (`info["headers"]`, `_headers`).
 
 What it leaves out, on purpose: retries (labkit's retry layer decides), other endpoints than chat
-completions, and the SDK's request-side type checking. Use the SDK where those matter, or below a few
-hundred concurrent requests, where its CPU does not bind (the pooling lesson measures where that is).
+completions, and the SDK's request-side type checking. Use the SDK where those matter, or where its CPU does
+not bind: the pooling lesson (part 5) and `python -m labkit.poolbench` measure from how many concurrent
+streams it does on a given machine.
 """
 
 from __future__ import annotations

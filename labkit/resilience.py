@@ -9,9 +9,11 @@ talk to the balancer only through two request controls: `avoid_endpoints` (names
 use) and `route_log` (a list the balancer appends the chosen name to). The breaker is the per-endpoint layer the
 balancer consults through `allows()`. Nothing imports anything else's layer.
 
-`python -m labkit.resilience --bench [--out build/bench/resilience.json]` runs the headline (failure share as the
-caller sees it with no retries, the SDK's retries and labkit's chain, under 5 % injected faults), the balancer
-comparison and the hedging measurement against simulated services, and writes every figure as JSON.
+`python -m labkit.resilience --bench [--out build/bench/resilience.json]` runs every measurement of lesson 06
+against simulated services and writes each figure as JSON: the retry decision table on real errors, the retry
+budget against a sick upstream, the breaker/fallback timeline, the balancer comparison, hedging, and the headline
+(failure share as the caller sees it with no retries, the SDK's retries and labkit's chain, under 5 % injected
+faults, with the extra upstream requests and cost beside it). The notebook calls the same functions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,18 +36,27 @@ from labkit.balancer import Backend, Balancer
 from labkit.breaker import CircuitBreaker
 from labkit.chain import Chain, Layer
 from labkit.endpoint import Endpoint
+from labkit.errors import classify
 from labkit.hedge import HedgeLayer
 from labkit.percentiles import percentile
 from labkit.pricing import cost
-from labkit.retry import RetryLayer
+from labkit.retry import RetryBudget, RetryLayer, RetryPolicy
 from labkit.streaming import StreamGuard
 from labkit.transport import OpenAITransport
 
 __all__ = [
+    "DECISION_CASES",
+    "HEADLINE_ARMS",
     "Resilient",
+    "breaker_timeline",
+    "compare_balancers",
+    "compare_hedging",
+    "decision_table",
     "fault_mix",
+    "headline",
     "resilient_chain",
     "run_workload",
+    "sick_upstream",
     "summarize_runs",
     "upstream_totals",
 ]
@@ -308,16 +320,223 @@ def upstream_totals(stats: Sequence[Mapping[str, Any]], model: str, prompt_token
 
 
 # --------------------------------------------------------------------------------------------------------
+# Part 1 and 2 of the lesson: the decision table, the retry budget, the breaker timeline
+# --------------------------------------------------------------------------------------------------------
+
+
+#: One request per failure the simulated service can produce: `label: (faults, request options)`.
+DECISION_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "429 rate limit": ({"error_rates": {"429": 1.0}, "retry_after_s": 1.0}, {}),
+    "429 insufficient_quota": ({"error_rates": {"insufficient_quota": 1.0}}, {}),
+    "500": ({"error_rates": {"500": 1.0}}, {}),
+    "502": ({"error_rates": {"502": 1.0}}, {}),
+    "503": ({"error_rates": {"503": 1.0}}, {}),
+    "400 (max_tokens too large)": ({}, {"max_tokens": 10**6}),
+    "404 (unknown model)": ({}, {"model": "gpt-99"}),
+    "hang (stream, no first token)": ({"hang_rate": 1.0}, {"stream": True}),
+    "drop after the first token": ({"drop_mid_stream_rate": 1.0}, {"stream": True, "max_tokens": 60}),
+    "error event after the first token": ({"stream_error_rate": 1.0}, {"stream": True, "max_tokens": 60}),
+}
+
+
+async def _one_failure(
+    sim: Any, faults: Mapping[str, Any], *, stream: bool = False, model: str = "gpt-4o", max_tokens: int = 20
+) -> BaseException | None:
+    """Send one request to `sim` with these faults switched on, without retries; return what it raised."""
+    await sim.areset()
+    await sim.aset_faults(dict(faults))
+    async with OpenAITransport(sim.endpoint) as transport:
+        chain = Chain(transport, [StreamGuard(first_token_timeout_s=0.3)] if stream else [])
+        try:
+            if stream:
+                await (await chain.stream("Tell me a story.", model=model, max_tokens=max_tokens)).text()
+            else:
+                await chain.complete("Tell me a story.", model=model, max_tokens=max_tokens)
+        except Exception as error:
+            return error
+        finally:
+            await sim.areset()
+    return None
+
+
+async def decision_table(
+    lab: Any,
+    *,
+    policy: RetryPolicy | None = None,
+    deadline_s: float = 5.0,
+    seed: int = 0,
+    cases: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = DECISION_CASES,
+) -> list[dict[str, Any]]:
+    """One real error per case from the first service, classified, and what `policy` decides about it.
+
+    `decide` is a pure function of the classified error, the attempt number (1 here) and the time left
+    (`deadline_s`). One row per case: `failure`, `raised`, `status`, `code`, `retry-after (s)`,
+    `after first token`, `labkit retries`, `wait (s)`, `why`, `counts against endpoint`.
+    """
+    policy = policy or RetryPolicy(max_attempts=4, base_delay_s=0.5)
+    rows = []
+    for label, (faults, kwargs) in cases.items():
+        error = await _one_failure(lab.sims[0], faults, **kwargs)
+        info = classify(error) if error is not None else None
+        if info is None:
+            rows.append({"failure": label, "raised": None, "labkit retries": False, "why": "no error"})
+            continue
+        decision = policy.decide(info, attempts=1, remaining_s=deadline_s, rng=random.Random(seed))
+        rows.append(
+            {
+                "failure": label,
+                "raised": type(error).__name__,
+                "status": info.status,
+                "code": info.code,
+                "retry-after (s)": info.retry_after_s,
+                "after first token": info.after_first_token,
+                "labkit retries": decision.retry,
+                "wait (s)": round(decision.delay_s, 3) if decision.retry else None,
+                "why": decision.reason,
+                "counts against endpoint": info.counts_against_endpoint,
+            }
+        )
+    return rows
+
+
+async def sick_upstream(
+    lab: Any, *, n: int, budget_ratio: float = 0.1, min_per_s: float = 0.5, max_attempts: int = 3
+) -> dict[str, dict[str, float]]:
+    """`n` concurrent calls to a service that answers 503 to everything: the SDK's retries vs labkit's budget.
+
+    Returns `{arm: {"upstream requests", "per caller request", "wall (s)"}}` for "SDK retries (max_retries=2)" and
+    "labkit retries, budget <ratio> %" (`RetryBudget(ratio=budget_ratio, min_per_s=min_per_s)`).
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    sim = lab.sims[0]
+
+    def sdk() -> tuple[Chain, OpenAITransport]:
+        transport = OpenAITransport(sim.endpoint, max_retries=2)
+        return Chain(transport), transport
+
+    def budgeted() -> tuple[Chain, OpenAITransport]:
+        transport = OpenAITransport(sim.endpoint)
+        budget = RetryBudget(ratio=budget_ratio, min_per_s=min_per_s)
+        retry = RetryLayer(RetryPolicy(max_attempts=max_attempts, base_delay_s=0.1), budget=budget)
+        return Chain(transport, [retry]), transport
+
+    out: dict[str, dict[str, float]] = {}
+    for label, make in (
+        ("SDK retries (max_retries=2)", sdk),
+        (f"labkit retries, budget {budget_ratio * 100:g} %", budgeted),
+    ):
+        await sim.areset()
+        await sim.aset_faults({"error_rates": {"503": 1.0}})
+        chain, transport = make()
+        started = time.perf_counter()
+        try:
+            await asyncio.gather(
+                *(chain.complete(f"q{i}", model="gpt-4o", max_tokens=5) for i in range(n)), return_exceptions=True
+            )
+        finally:
+            await transport.aclose()
+        elapsed = time.perf_counter() - started
+        upstream = (await sim.astats())["requests_total"]
+        await sim.areset()
+        out[label] = {"upstream requests": upstream, "per caller request": upstream / n, "wall (s)": elapsed}
+    return out
+
+
+#: The phases of the breaker timeline, one third of the run each.
+BREAKER_PHASES = ("s0 fails", "s0 and s1 fail", "both recover")
+
+
+async def breaker_timeline(
+    lab: Any,
+    *,
+    n: int,
+    deadline_s: float = 5.0,
+    first_token_timeout_s: float = 1.0,
+    concurrency: int = 4,
+    seed: int = 0,
+    breaker: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Two primaries (`s0`, `s1`) with breakers and a retry layer, the third service as a `gpt-4o-mini` fallback.
+
+    First `s0` fails every request (503), then `s1` too, then both recover (`BREAKER_PHASES`). Returns the rows
+    (each with `served by` and `phase`), breaker `events` (`{breaker: {event: count}}`, zeros filled in),
+    `transitions` (`[time s, breaker, old, new]` from the start of the run), `fallback_share`, `caller_failed`,
+    `requests` and `by_phase` (`{phase: {served by: count}}`).
+    """
+    if n < len(BREAKER_PHASES):
+        raise ValueError(f"n must be >= {len(BREAKER_PHASES)}")
+    for sim in lab.sims:
+        await sim.areset()
+    built = resilient_chain(
+        lab.endpoints[:2],
+        names=["s0", "s1"],
+        strategy="round_robin",
+        retry=RetryLayer(RetryPolicy(max_attempts=4, base_delay_s=0.05), deadline_s=deadline_s),
+        breaker=dict(
+            breaker
+            if breaker is not None
+            else {"failure_ratio": 0.5, "min_requests": 8, "window_s": 2.0, "open_s": 1.0, "half_open_probes": 2}
+        ),
+        fallbacks=[(lab.endpoints[2], "gpt-4o-mini")],
+        first_token_timeout_s=first_token_timeout_s,
+        seed=seed,
+    )
+    phase_len = n // len(BREAKER_PHASES)
+
+    async def switch(i: int) -> None:
+        if i == 0:
+            await lab.sims[0].aset_faults({"error_rates": {"503": 1.0}})
+        elif i == phase_len:
+            await lab.sims[1].aset_faults({"error_rates": {"503": 1.0}})
+        elif i == 2 * phase_len:
+            await lab.sims[0].areset()
+            await lab.sims[1].areset()
+
+    t0 = time.monotonic()  # the breakers' clock
+    try:
+        rows = await run_workload(
+            built.chain, len(BREAKER_PHASES) * phase_len, concurrency=concurrency, before=switch, max_tokens=20
+        )
+    finally:
+        await built.aclose()
+        for sim in lab.sims:
+            await sim.areset()
+    for row in rows:
+        row["served by"] = row["endpoints"][-1] if row["endpoints"] else "none"
+        row["phase"] = BREAKER_PHASES[min(row["i"] // phase_len, len(BREAKER_PHASES) - 1)]
+    kinds = sorted({kind for b in built.breakers.values() for kind in b.events})
+    served = sorted({row["served by"] for row in rows})
+    return {
+        "rows": rows,
+        "events": {name: {kind: int(b.events.get(kind, 0)) for kind in kinds} for name, b in built.breakers.items()},
+        "transitions": sorted(
+            [t - t0, name, old, new] for name, b in built.breakers.items() for (t, old, new) in b.transitions
+        ),
+        "fallback_share": sum(r["served by"].startswith("fallback") for r in rows) / len(rows),
+        "caller_failed": sum(not r["ok"] for r in rows),
+        "requests": len(rows),
+        "by_phase": {
+            phase: {name: sum(r["served by"] == name for r in rows if r["phase"] == phase) for name in served}
+            for phase in BREAKER_PHASES
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
 # Benchmark: python -m labkit.resilience --bench
 # --------------------------------------------------------------------------------------------------------
 
 
+#: The arms of the headline. "labkit chain" is the chain as shipped: its retry layer resumes a reproducible stream
+#: that broke after the first token (verified against the delivered text); "labkit chain, no resume" is the
+#: ablation with `RetryLayer(resume_streams=False)`, where such a break reaches the caller as `MidStreamError`.
 HEADLINE_ARMS = (
     "no retries",
     "SDK retries (max_retries=2)",
     "SDK retries, timeout = first-token timeout",
     "labkit chain",
-    "labkit chain + verified resume",
+    "labkit chain, no resume",
 )
 
 
@@ -332,11 +551,28 @@ async def headline(
     seed: int,
     arms: Sequence[str] = HEADLINE_ARMS,
 ) -> dict[str, Any]:
-    """The failure share seen by the caller under `faults` injected faults, per arm (see the notebook, part 5)."""
-    from labkit.retry import RetryBudget, RetryPolicy
+    """The failure share seen by the caller under `faults` injected faults, per arm (see the notebook, part 5).
 
+    Each arm gets `counters` (the retry layer's stats: `resumed`, `resume_diverged`, ...) beside its figures.
+    """
     endpoints = lab.endpoints
     names = [f"s{i}" for i in range(len(endpoints))]
+
+    def labkit(**retry_options: Any) -> Resilient:
+        return resilient_chain(
+            endpoints,
+            names=names,
+            retry=RetryLayer(
+                RetryPolicy(max_attempts=4, base_delay_s=0.1),
+                budget=RetryBudget(),
+                deadline_s=deadline_s,
+                **retry_options,
+            ),
+            breaker={},
+            first_token_timeout_s=first_token_timeout_s,
+            seed=seed,
+        )
+
     builders: dict[str, Callable[[], Resilient]] = {
         "no retries": lambda: resilient_chain(endpoints, names=names, strategy="round_robin"),
         "SDK retries (max_retries=2)": lambda: resilient_chain(
@@ -349,29 +585,8 @@ async def headline(
             sdk_max_retries=2,
             sdk_timeout=httpx.Timeout(first_token_timeout_s, connect=5.0),
         ),
-        "labkit chain": lambda: resilient_chain(
-            endpoints,
-            names=names,
-            retry=RetryLayer(
-                RetryPolicy(max_attempts=4, base_delay_s=0.1), budget=RetryBudget(), deadline_s=deadline_s
-            ),
-            breaker={},
-            first_token_timeout_s=first_token_timeout_s,
-            seed=seed,
-        ),
-        "labkit chain + verified resume": lambda: resilient_chain(
-            endpoints,
-            names=names,
-            retry=RetryLayer(
-                RetryPolicy(max_attempts=4, base_delay_s=0.1),
-                budget=RetryBudget(),
-                deadline_s=deadline_s,
-                resume_streams=True,
-            ),
-            breaker={},
-            first_token_timeout_s=first_token_timeout_s,
-            seed=seed,
-        ),
+        "labkit chain": lambda: labkit(),  # as shipped: the retry layer's default resumes reproducible streams
+        "labkit chain, no resume": lambda: labkit(resume_streams=False),
     }
     unknown = set(arms) - set(builders)
     if unknown:
@@ -412,6 +627,12 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - a 
         sims = [{"profile": "fast", "seed": args.seed, "ttft": t} for t in (0.03, 0.06, 0.12)]
         lab = await asyncio.to_thread(lambda: start_lab(sims, redis=False, memcached=False))
         try:
+            decisions = await decision_table(lab, deadline_s=5.0, seed=args.seed)
+            sick = await sick_upstream(lab, n=args.sick_requests)
+            timeline = await breaker_timeline(
+                lab, n=args.breaker_requests, deadline_s=5.0, first_token_timeout_s=1.0, seed=args.seed
+            )
+            breaker = {k: v for k, v in timeline.items() if k != "rows"}
             started = time.perf_counter()
             result = _without_rows(
                 await headline(
@@ -431,7 +652,15 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - a 
             hedging = _without_rows(await compare_hedging(lab, n=args.hedge_requests, seed=args.seed))
         finally:
             await asyncio.to_thread(lab.stop)
-        return {"headline": result, "headline_wall_s": head_s, "balancing": balancing, "hedging": hedging}
+        return {
+            "decisions": decisions,
+            "sick_upstream": sick,
+            "breaker": breaker,
+            "balancing": balancing,
+            "hedging": hedging,
+            "headline": result,
+            "headline_wall_s": head_s,
+        }
 
     figures = asyncio.run(main())
     return {
@@ -564,18 +793,30 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a tool
     parser.add_argument("--requests", type=int, default=2000, help="requests per arm of the headline")
     parser.add_argument("--lb-requests", type=int, default=600, help="requests per balancing strategy")
     parser.add_argument("--hedge-requests", type=int, default=600, help="requests per hedging arm")
+    parser.add_argument("--sick-requests", type=int, default=60, help="calls to the service that fails everything")
+    parser.add_argument("--breaker-requests", type=int, default=240, help="requests in the breaker timeline")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.bench:
         parser.print_help()
         return 2
-    if min(args.requests, args.lb_requests, args.hedge_requests) < 10 or args.concurrency < 1:
+    counts = (args.requests, args.lb_requests, args.hedge_requests, args.sick_requests, args.breaker_requests)
+    if min(counts) < 10 or args.concurrency < 1:
         parser.error("request counts must be >= 10 and concurrency >= 1")
     figures = _bench(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    for row in figures["decisions"]:
+        print(f"{row['failure']:40s} retried: {row['labkit retries']!s:5s} ({row['why']})")
+    for arm, r in figures["sick_upstream"].items():
+        print(f"sick upstream, {arm:35s} {r['per caller request']:.2f} upstream requests per call")
+    b = figures["breaker"]
+    print(
+        f"breaker timeline: {sum(e.get('opened', 0) for e in b['events'].values())} openings, fallback answered "
+        f"{b['fallback_share']:.1%}, caller failures {b['caller_failed']} of {b['requests']}"
+    )
     for arm, r in figures["headline"].items():
         print(
             f"{arm:45s} failed {r['failed_share']:7.3%}  upstream +{r['extra_upstream_share']:6.1%}  "

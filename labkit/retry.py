@@ -18,12 +18,16 @@ this layer does:
   balancer appends the endpoint's name to). Layers share those two control names, never code.
 - **Streams**: an attempt counts as done at the first token (`labkit.attempt.until_first_token`), so a failure
   before it (an error status, a hang caught by `StreamGuard`'s first-token timeout, a drop before any text) is
-  retried invisibly. A failure after it is *not* silently replayed: the caller gets a `MidStreamError` with the
-  partial text. With `resume_streams=True`, and only for a reproducible request (temperature 0 or a seed), the
-  layer replays the request and continues the stream only if the replay starts with exactly the text already
-  delivered; otherwise it raises as before. Providers do not promise bit-identical output, so against a real
-  API this mostly raises; it is here because reproducible replicas (the simulated service, a self-hosted server
-  with deterministic decoding) can use it, and the headline measurement shows what it is worth.
+  retried invisibly. A failure after it is *never silently replayed*: text the reader has seen is not sent
+  twice. By default (`resume_streams=True`) the layer tries a **verified resume**, and only for a reproducible
+  request (temperature 0 or a `seed`): it replays the request and continues the stream only if the replay
+  starts with exactly the text already delivered, so the reader gets the rest of the very answer it was reading
+  (`stats.resumed`). If the replay diverges (`stats.resume_diverged`), fails, or the request is sampled
+  (temperature > 0 and no seed), the caller gets a `MidStreamError` carrying the partial text. The resume
+  relies on the provider reproducing the same text at temperature 0: reproducible replicas (the simulated
+  service, a self-hosted server with deterministic decoding) do; hosted APIs do not promise bit-identical
+  output, so against them the replay mostly diverges and the layer raises, as it would with
+  `resume_streams=False` (which turns the resume off: every failure after the first token raises).
 - **No double retrying**: put this layer over a transport with the SDK's retries off (`OpenAITransport` defaults
   to `max_retries=0`); `labkit.resilience.resilient_chain` refuses a transport that retries on its own.
 
@@ -187,7 +191,11 @@ def _reproducible(request: ChatRequest) -> bool:
 
 
 class RetryLayer:
-    """A layer: retry failed attempts by `policy`, within `budget` and the request's deadline (see module doc)."""
+    """A layer: retry failed attempts by `policy`, within `budget` and the request's deadline (see module doc).
+
+    `resume_streams` (default on) resumes a reproducible stream that broke after its first token, verified against
+    the text already delivered; `resume_streams=False` makes every such failure raise `MidStreamError`.
+    """
 
     def __init__(
         self,
@@ -195,7 +203,7 @@ class RetryLayer:
         *,
         budget: RetryBudget | None = None,
         deadline_s: float | None = None,
-        resume_streams: bool = False,
+        resume_streams: bool = True,
         seed: int | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -307,7 +315,10 @@ class RetryLayer:
                     broken = _as_mid_stream(error, text, len(delivered))
                     self.stats.failures["mid_stream"] += 1
                     if not (self.resume_streams and text and _reproducible(request)):
-                        self.stats.gave_up["failed after the first token"] += 1
+                        reason = "failed after the first token"
+                        if self.resume_streams and text:
+                            reason += " (sampled: not resumed)"
+                        self.stats.gave_up[reason] += 1
                         raise broken from error
                     resumes += 1
                     resumed = await self._resume(request, call_next, text, resumes, broken)

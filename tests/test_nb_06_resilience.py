@@ -4,10 +4,10 @@ import pytest
 from nbrun import run_notebook
 
 # the headline needs a few hundred requests per arm to say anything about a 0.1 % goal: this notebook test takes
-# longer than the others (about 1-2 minutes on 2 shared cores)
+# longer than the others (each arm of 400 requests takes about 20-40 s on 2 shared cores)
 pytestmark = [pytest.mark.notebook, pytest.mark.timeout(400)]
 
-ARMS = ["no retries", "labkit chain", "labkit chain + verified resume"]
+ARMS = ["no retries", "SDK retries (max_retries=2)", "labkit chain", "labkit chain, no resume"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def results(tmp_path_factory):
         N_SICK=30,
         N_BREAKER=120,
         N_BALANCE=240,
-        N_HEDGE=150,
+        N_HEDGE=400,  # p99 of 150 hinged on the one or two slow first tokens of the hedge's warm-up (20 samples)
     )
 
 
@@ -30,17 +30,31 @@ def test_without_retries_about_the_injected_share_fails(results):
     assert 0.02 <= results["headline"]["no retries"]["failed_share"] <= 0.10
 
 
-def test_labkit_chain_with_verified_resume_meets_the_999_goal(results):
-    goal = results["headline"]["labkit chain + verified resume"]
+def test_labkit_chain_as_shipped_meets_the_999_goal(results):
+    goal = results["headline"]["labkit chain"]
     assert goal["failed_share"] <= 0.001
     assert 0.0 < goal["extra_upstream_share"] < 0.25  # the recovery was paid for in extra requests, reported
     assert goal["cost_usd"] > goal["delivered_cost_usd"]
 
 
-def test_labkit_chain_fails_only_after_the_first_token(results):
-    labkit = results["headline"]["labkit chain"]
-    assert set(labkit["errors"]) <= {"MidStreamError"}
-    assert labkit["failed_share"] < 0.5 * results["headline"]["no retries"]["failed_share"]
+def test_labkit_chain_resumes_broken_streams_by_verifying_the_replay(results):
+    retry = results["headline"]["labkit chain"]["retry"]
+    assert retry["resume_diverged"] == 0  # the replicas are deterministic at temperature 0
+    if retry["failures"].get("mid_stream", 0):
+        assert retry["resumed"] >= 1
+
+
+def test_without_resume_labkit_chain_fails_only_after_the_first_token(results):
+    no_resume = results["headline"]["labkit chain, no resume"]
+    assert set(no_resume["errors"]) <= {"MidStreamError"}
+    assert no_resume["failed_share"] < 0.5 * results["headline"]["no retries"]["failed_share"]
+    assert no_resume["retry"]["resumed"] == 0
+
+
+def test_sdk_retries_fail_less_than_none_and_more_than_labkit(results):
+    head = results["headline"]
+    sdk = head["SDK retries (max_retries=2)"]["failed_share"]
+    assert head["labkit chain"]["failed_share"] < sdk < head["no retries"]["failed_share"]
 
 
 def test_the_decision_table_refuses_quota_permanent_and_after_first_token(results):

@@ -12,6 +12,7 @@ import pytest
 
 from labkit.chain import Chain
 from labkit.errors import DeadlineExceeded, classify, parse_retry_after
+from labkit.resilience import resilient_chain
 from labkit.retry import RetryBudget, RetryLayer, RetryPolicy, sdk_backoff_s
 from labkit.streaming import FirstTokenTimeout, MidStreamError, StreamGuard
 from labkit.transport import OpenAITransport
@@ -216,15 +217,48 @@ async def test_a_hang_before_the_first_token_is_retried_invisibly(fresh_sim):
     assert all(texts) and retry.stats.failures["first_token_timeout"] >= 1
 
 
-async def test_a_drop_after_the_first_token_is_not_replayed(fresh_sim):
+async def test_with_resume_off_a_drop_after_the_first_token_is_not_replayed(fresh_sim):
     await fresh_sim.aset_faults({"drop_mid_stream_rate": 1.0})
-    retry = layer()
+    retry = layer(resume_streams=False)
     async with OpenAITransport(fresh_sim.endpoint) as transport:
-        stream = await Chain(transport, [retry, StreamGuard()]).stream("hi", model="gpt-4o", max_tokens=30)
+        chain = Chain(transport, [retry, StreamGuard()])
+        stream = await chain.stream("hi", model="gpt-4o", max_tokens=30, temperature=0)  # reproducible, yet
         with pytest.raises(MidStreamError) as raised:
             await stream.text()
     assert raised.value.partial_text and raised.value.kind == "dropped"
     assert (await fresh_sim.astats())["requests_total"] == 1
+    assert retry.stats.resumed == 0 and retry.stats.gave_up["failed after the first token"] == 1
+
+
+def test_verified_resume_is_the_default():
+    assert RetryLayer().resume_streams is True
+    assert RetryLayer(resume_streams=False).resume_streams is False
+
+
+async def test_by_default_a_reproducible_stream_is_resumed_and_a_sampled_one_is_not(fresh_sim):
+    async with OpenAITransport(fresh_sim.endpoint) as transport:
+        expected = await (
+            await Chain(transport, [StreamGuard()]).stream("q", model="gpt-4o", max_tokens=30, temperature=0)
+        ).text()
+        await fresh_sim.aset_faults({"drop_mid_stream_rate": 1.0})
+        retry = RetryLayer(RetryPolicy(max_attempts=8, base_delay_s=0.01), budget=RetryBudget(ratio=1.0), seed=0)
+        chain = Chain(transport, [retry, StreamGuard()])
+
+        # sampled (temperature > 0, no seed): a replay would be another answer, so the caller gets the partial text
+        sampled = await chain.stream("q", model="gpt-4o", max_tokens=30, temperature=0.7)
+        with pytest.raises(MidStreamError) as raised:
+            await sampled.text()
+        assert raised.value.partial_text
+        assert retry.stats.resumed == 0 and retry.stats.attempts == 1
+        assert retry.stats.gave_up["failed after the first token (sampled: not resumed)"] == 1
+
+        # reproducible (temperature 0): the layer replays it and continues after exactly the delivered text
+        await fresh_sim.aset_faults({"drop_mid_stream_rate": 0.5, "seed": 2})
+        texts = []
+        for _ in range(4):
+            texts.append(await (await chain.stream("q", model="gpt-4o", max_tokens=30, temperature=0)).text())
+    assert texts == [expected] * 4
+    assert retry.stats.resumed >= 1 and retry.stats.resume_diverged == 0
 
 
 async def test_verified_resume_continues_with_exactly_the_uninterrupted_answer(fresh_sim):
@@ -234,9 +268,17 @@ async def test_verified_resume_continues_with_exactly_the_uninterrupted_answer(f
             await (await plain.stream(f"q{i}", model="gpt-4o", max_tokens=30, temperature=0)).text() for i in range(4)
         ]
         await fresh_sim.aset_faults({"drop_mid_stream_rate": 0.5, "seed": 2})
-        retry = layer(resume_streams=True)
+        retry = layer()  # verified resume is the default
         chain = Chain(transport, [retry, StreamGuard()])
         texts = [
             await (await chain.stream(f"q{i}", model="gpt-4o", max_tokens=30, temperature=0)).text() for i in range(4)
         ]
     assert texts == expected and retry.stats.resumed >= 1
+
+
+async def test_a_retry_layer_over_sdk_retries_is_refused(fresh_sim):
+    with pytest.raises(ValueError, match=r"double retrying.*max_retries=2.*sdk_max_retries=0"):
+        resilient_chain([fresh_sim.endpoint], retry=RetryLayer(), sdk_max_retries=2)
+    built = resilient_chain([fresh_sim.endpoint], retry=RetryLayer())  # the SDK's retries off: accepted
+    await built.aclose()
+    assert all(t.client.max_retries == 0 for t in built.transports)
