@@ -125,3 +125,74 @@ async def test_history_is_trimmed_to_the_token_budget(webchat, upstream, client)
     assert response.status_code == 200
     recent = webchat.stats()["recent"][-1]
     assert recent["prompt_tokens"] <= 3000
+
+
+async def test_client_that_goes_away_before_the_first_token_cancels_the_upstream_request(webchat, upstream):
+    upstream.set_faults({"slow_first_byte": {"rate": 1.0, "delay_s": 10.0}})
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=0.5)) as impatient:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            await impatient.post(webchat.chat_url, json={"message": "hi"})
+    gave_up = time.monotonic()
+    for _ in range(400):
+        if upstream.stats()["disconnects"] >= 1 or time.monotonic() - gave_up > 8:
+            break
+        await asyncio.sleep(0.02)
+    waited = time.monotonic() - gave_up
+    assert upstream.stats()["disconnects"] == 1
+    assert waited < 3  # long before the 10 s first byte: the app cancelled its wait, and so the upstream request
+    recent = webchat.stats()["recent"][-1]
+    assert recent["outcome"] == "cancelled" and recent["chunks"] == 0
+    upstream.reset()
+    async with httpx.AsyncClient(timeout=30) as c:
+        assert (await c.post(webchat.chat_url, json={"message": "hi", "max_tokens": 5})).status_code == 200
+
+
+async def test_other_routes_and_errors_under_api_are_json(webchat, client):
+    health = await client.get(webchat.url + "/health")
+    assert health.json() == {"ok": True, "model": "gpt-4o"}
+    static = await client.get(webchat.url + "/static/index.html")
+    assert static.status_code == 200 and "getReader()" in static.text
+    assert (await client.get(webchat.url + "/")).headers["cache-control"] == "no-cache"
+    wrong_method = await client.get(webchat.chat_url)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["message"]
+    missing = await client.get(webchat.url + "/api/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["message"]
+    assert (await client.get(webchat.url + "/nothing")).status_code == 404
+    stats = (await client.get(webchat.url + "/api/stats")).json()
+    assert set(stats) == {"summary", "recent"}
+
+
+async def test_headers_of_the_streamed_answer_ask_for_no_buffering(webchat, upstream, client):
+    response = await client.post(webchat.chat_url, json={"message": "hi", "max_tokens": 5})
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache, no-transform"
+    assert response.headers["x-accel-buffering"] == "no" and response.headers["x-content-type-options"] == "nosniff"
+    assert "content-length" not in response.headers
+
+
+async def test_the_app_is_asgi_and_mounts_into_a_starlette_application(bench_sim):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from labkit.webchat.app import create_app
+
+    chat_app = create_app(bench_sim.base_url, model="gpt-4o")
+    assert isinstance(chat_app, Starlette)
+    host = Starlette(routes=[Mount("/chat", chat_app)])
+    async with chat_app.router.lifespan_context(chat_app):
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host", timeout=30) as c:
+            assert "getReader()" in (await c.get("/chat/")).text
+            answer = await c.post("/chat/api/chat", json={"message": "hi", "max_tokens": 5})
+            assert answer.status_code == 200 and answer.text and ERROR_MARK not in answer.text
+            bad = await c.post("/chat/api/chat", content=b"{oops")
+            assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+            assert (await c.get("/chat/api/nothing")).json()["error"]["message"]
+
+
+def test_the_process_exits_cleanly_on_sigterm(bench_sim):
+    service = start_webchat(bench_sim.base_url, model="gpt-4o")
+    child = service._child
+    assert child is not None
+    service.stop()
+    assert child.proc.returncode == 0

@@ -1,5 +1,7 @@
 """Command line: `python -m labkit.webchat --port 0 --upstream http://127.0.0.1:PORT/v1`.
 
+Serves the ASGI app (`labkit.webchat.app.create_app`) with uvicorn on this process's event loop.
+
 Prints one line, `labkit.webchat ready on http://HOST:PORT`, once it listens; exits on SIGTERM/SIGINT, and
 with --parent-pid when that process is gone (so a crashed notebook kernel leaves no orphan server).
 """
@@ -47,9 +49,9 @@ async def _main(args: argparse.Namespace) -> None:
         first_token_timeout_s=args.first_token_timeout or None,
         total_timeout_s=args.total_timeout or None,
     )
-    runner, port = await serve(app, args.host, args.port)
+    server, port = await serve(app, args.host, args.port)  # uvicorn, on this process's loop
     host = f"[{args.host}]" if ":" in args.host else args.host
-    await serve_until_stopped(f"{READY_PREFIX}http://{host}:{port}", runner.cleanup, args.parent_pid)
+    await serve_until_stopped(f"{READY_PREFIX}http://{host}:{port}", server.stop, args.parent_pid)
 
 
 def main(argv: list[str] | None = None) -> None:
