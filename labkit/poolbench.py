@@ -338,6 +338,7 @@ async def stream_ttft(
         "client_cpu_per_chunk_us": round((cpu1 - cpu0) / max(chunks, 1) * 1e6, 1),
         "server_cpu_per_stream_ms": None if srv0 is None or srv1 is None else round((srv1 - srv0) / ok * 1e3, 3),
         "wall_s": round(wall, 3),
+        "streams_per_s": round(len(ttft) / wall, 1) if wall > 0 else None,  # every stream started at once
         "connections_opened": _opened(stats),
     }
 
