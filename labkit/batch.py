@@ -108,7 +108,6 @@ class BatchRun(Generic[T, R]):
     task: asyncio.Task[BatchResult[R]] | None = field(default=None, init=False)
     _cancelled: bool = field(default=False, init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
-    _t0: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -143,12 +142,12 @@ class BatchRun(Generic[T, R]):
         return self.wait().__await__()
 
     async def _run(self) -> BatchResult[R]:
-        t0 = self._t0 = time.perf_counter()
+        t0 = time.perf_counter()
         if self.observer:
             self.observer.batch_started(len(self.inputs))
         queue = iter(range(len(self.inputs)))
         n = min(self.concurrency, len(self.inputs))
-        self._workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
+        self._workers = [asyncio.create_task(self._worker(queue, t0)) for _ in range(n)]
         if self._cancelled:  # cancelled before the workers existed
             self.cancel()
         try:
@@ -161,7 +160,13 @@ class BatchRun(Generic[T, R]):
             self.observer.batch_finished(result)
         return result
 
-    async def _worker(self, queue: Any) -> None:
+    @staticmethod
+    def _ended(item: ItemResult[Any], started: float, batch_started: float) -> None:
+        now = time.perf_counter()
+        item.latency_s = now - started
+        item.finished_s = now - batch_started
+
+    async def _worker(self, queue: Any, batch_started: float) -> None:
         for index in queue:
             if self._cancelled:
                 return
@@ -174,16 +179,14 @@ class BatchRun(Generic[T, R]):
                 item.status = ItemStatus.OK
             except asyncio.CancelledError:
                 item.status = ItemStatus.CANCELLED
-                item.latency_s = time.perf_counter() - t0
-                item.finished_s = time.perf_counter() - self._t0
+                self._ended(item, t0, batch_started)
                 if self.observer:
                     self.observer.item_finished(item)
                 return
             except Exception as error:  # one item's failure is that item's result, not the batch's
                 item.status = ItemStatus.ERROR
                 item.error = error
-            item.latency_s = time.perf_counter() - t0
-            item.finished_s = time.perf_counter() - self._t0
+            self._ended(item, t0, batch_started)
             if self.observer:
                 self.observer.item_finished(item)
 

@@ -13,8 +13,6 @@ an L1 hit has to stay well under 20 µs through the whole layer chain.
 
 from __future__ import annotations
 
-import time
-
 from cachetools import LRUCache
 
 from labkit.cache.base import Entry
@@ -48,7 +46,7 @@ class MemoryTier:
     def get_now(self, key: str) -> Entry | None:
         """The synchronous lookup (the layer's fast path calls it without an await); an expired entry is dropped."""
         entry = self._cache.get(key)
-        if entry is not None and entry.expires_at <= time.time():
+        if entry is not None and entry.expired():
             del self._cache[key]
             return None
         return entry

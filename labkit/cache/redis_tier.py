@@ -24,6 +24,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from labkit.cache.base import Entry, decode
 
 
+class _Slots:
+    """`async with slots:` holds one of `size` slots, waiting at most `timeout_s` (then `redis.ConnectionError`).
+
+    A class with `__aenter__`, not `contextlib.asynccontextmanager`: it runs on every hit."""
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        self._free = asyncio.Semaphore(size)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> None:
+        if not self._free.locked():
+            await self._free.acquire()  # a slot is free: returns without suspending
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._free.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no Redis connection free within {self.timeout_s} s") from None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._free.release()
+
+
 class RedisTier:
     """A cache tier in Redis; keys are `prefix + key` (the key already carries namespace and tenant hash)."""
 
@@ -49,26 +72,11 @@ class RedisTier:
         self.client = client
         self.prefix = prefix
         self.name = name
-        self.timeout_s = timeout_s
-        self._slots = asyncio.Semaphore(max_connections)
-
-    async def _take_slot(self) -> None:
-        """Wait for one of the `max_connections` slots (at most `timeout_s`, then `redis.ConnectionError`)."""
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: returns without suspending
-            return
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise RedisConnectionError(f"no Redis connection free within {self.timeout_s} s") from None
+        self._slots = _Slots(max_connections, timeout_s)
 
     async def get(self, key: str) -> Entry | None:
-        await self._take_slot()
-        try:
+        async with self._slots:
             blob = await self.client.get(self.prefix + key)
-        finally:
-            self._slots.release()
         if blob is None:
             return None
         entry = decode(blob, expected_key=key)
@@ -79,29 +87,19 @@ class RedisTier:
 
     async def set_many(self, items: Iterable[tuple[str, Entry, float]]) -> None:
         """Write several entries in one round trip (a pipeline without MULTI)."""
-        await self._take_slot()
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key, entry, ttl_s in items:
-                    pipe.set(self.prefix + key, entry.blob, px=max(1, int(ttl_s * 1000)))
-                await pipe.execute()
-        finally:
-            self._slots.release()
+        async with self._slots, self.client.pipeline(transaction=False) as pipe:
+            for key, entry, ttl_s in items:
+                pipe.set(self.prefix + key, entry.blob, px=max(1, int(ttl_s * 1000)))
+            await pipe.execute()
 
     async def set_raw(self, key: str, blob: bytes, ttl_s: float = 60.0) -> None:
         """Store bytes under a key (`set` uses it; tests and the lesson plant a corrupt entry with it)."""
-        await self._take_slot()
-        try:
+        async with self._slots:
             await self.client.set(self.prefix + key, blob, px=max(1, int(ttl_s * 1000)))
-        finally:
-            self._slots.release()
 
     async def delete(self, key: str) -> None:
-        await self._take_slot()
-        try:
+        async with self._slots:
             await self.client.delete(self.prefix + key)
-        finally:
-            self._slots.release()
 
     async def clear(self) -> None:
         """Delete this tier's keys only (SCAN by prefix; never FLUSHDB on a server others may share)."""
