@@ -80,18 +80,18 @@ DESCRIPTIONS: dict[str, str] = {
 
 #: The module each layer lives in (checked by `available_layers`).
 LAYER_MODULES: dict[str, str] = {
-    "metrics": "labkit.metrics",
+    "metrics": "labkit.layers.metrics",
     "streaming": "labkit.streaming",
     "cache": "labkit.cache",
     "semantic": "labkit.cache.semantic",
     "dedup": "labkit.dedup",
-    "admission": "labkit.admission",
-    "retry": "labkit.retry",
-    "hedge": "labkit.hedge",
-    "balancer": "labkit.balancer",
-    "breaker": "labkit.breaker",
-    "pooling": "labkit.pool",
-    "lean": "labkit.lean",
+    "admission": "labkit.layers.admission",
+    "retry": "labkit.layers.retry",
+    "hedge": "labkit.layers.hedge",
+    "balancer": "labkit.layers.balancer",
+    "breaker": "labkit.layers.breaker",
+    "pooling": "labkit.transports.pool",
+    "lean": "labkit.transports.lean",
 }
 
 
@@ -134,7 +134,7 @@ class ChainConfig:
     retry: bool = True
     retry_deadline_s: float = 8.0
     # continue a stream dropped after its first token by replaying the request, only when it is reproducible
-    # (temperature 0 or a seed) and the replay starts with exactly the text already delivered (labkit.retry)
+    # (temperature 0 or a seed) and the replay starts with exactly the text already delivered (labkit.layers.retry)
     retry_resume_streams: bool = True
     hedge: bool = True
     hedge_quantile: float = 95.0
@@ -145,7 +145,7 @@ class ChainConfig:
     first_token_timeout_s: float = 4.0
     total_timeout_s: float = 30.0
     pooling: bool = True
-    # the lean aiohttp transport: `python -m labkit.poolbench` (lesson 05, part 5) measures it adding the least
+    # the lean aiohttp transport: `python -m labkit.lessons.pooling` (lesson 05, part 5) measures it adding the least
     # TTFT and client CPU of the three transports at 100, 500 and 1000 concurrent streams, the capstone's range
     lean: bool = True
     max_connections: int = 1024
@@ -326,7 +326,7 @@ class PerRequestClientTransport:
         self.timeout = timeout
 
     async def __call__(self, request: ChatRequest) -> Result:
-        from labkit.transport import OpenAITransport
+        from labkit.transports.sdk import OpenAITransport
 
         client = AsyncOpenAI(
             base_url=self.endpoint.base_url, api_key=self.endpoint.api_key, max_retries=0, timeout=self.timeout
@@ -466,7 +466,7 @@ def build_chain(
     # -- per endpoint: breaker -> StreamGuard -> tap -> transport ---------------------------------------------
     pool = None
     if "pooling" in active:
-        from labkit.pool import ClientPool, PoolConfig
+        from labkit.transports.pool import ClientPool, PoolConfig
 
         pool = ClientPool(
             PoolConfig(
@@ -486,23 +486,23 @@ def build_chain(
         if pool is None:
             transport: Any = PerRequestClientTransport(endpoint, timeout=config.total_timeout_s)
         elif "lean" in active:
-            from labkit.lean import LeanTransport
+            from labkit.transports.lean import LeanTransport
 
             transport = LeanTransport(endpoint, pool=pool, timeout=config.total_timeout_s)
         else:
-            from labkit.transport import OpenAITransport
+            from labkit.transports.sdk import OpenAITransport
 
             transport = OpenAITransport(endpoint, pool=pool)
         per: list[Layer] = []
         gate = None
         if "breaker" in active:
-            from labkit.breaker import CircuitBreaker
+            from labkit.layers.breaker import CircuitBreaker
 
             gate = CircuitBreaker(name)
             breakers.append(gate)
             per.append(gate)
         if "streaming" in active or present["streaming"]:
-            from labkit.streaming import StreamGuard
+            from labkit.layers.guard import StreamGuard
 
             first = config.first_token_timeout_s if "streaming" in active else None
             # no whole-stream limit here (the transport's timeout bounds an attempt): a limit costs a timer per chunk
@@ -514,7 +514,7 @@ def build_chain(
 
     bottom: Handler
     if "balancer" in active:
-        from labkit.balancer import Backend, Balancer
+        from labkit.layers.balancer import Backend, Balancer
 
         balancer = Balancer(
             [Backend(name, chain, gate=gate) for name, chain, gate in backends_chains],
@@ -529,7 +529,7 @@ def build_chain(
     # -- the outer layers, outermost first ---------------------------------------------------------------------
     outer: list[Layer] = list(extra_outer)
     if "metrics" in active:
-        from labkit.metrics import MetricsLayer
+        from labkit.layers.metrics import MetricsLayer
 
         layers["metrics"] = MetricsLayer()
         outer.append(layers["metrics"])
@@ -576,7 +576,7 @@ def build_chain(
         layers["dedup"] = SingleFlight()
         outer.append(layers["dedup"])
     if "admission" in active:
-        from labkit.admission import AdmissionLayer, LocalBudget
+        from labkit.layers.admission import AdmissionLayer, LocalBudget
 
         rpm, tpm = config.rpm, config.tpm
         if rpm is None or tpm is None:
@@ -590,14 +590,14 @@ def build_chain(
         layers["admission"] = admission
         outer.append(admission)
     if "retry" in active:
-        from labkit.retry import RetryLayer
+        from labkit.layers.retry import RetryLayer
 
         layers["retry"] = RetryLayer(
             deadline_s=config.retry_deadline_s, resume_streams=config.retry_resume_streams, seed=config.seed
         )
         outer.append(layers["retry"])
     if "hedge" in active:
-        from labkit.hedge import HedgeLayer
+        from labkit.layers.hedge import HedgeLayer
 
         layers["hedge"] = HedgeLayer(quantile=config.hedge_quantile, max_share=config.hedge_max_share)
         outer.append(layers["hedge"])

@@ -14,17 +14,9 @@ from collections.abc import AsyncIterator
 
 from openai.types.chat import ChatCompletionChunk
 
-from labkit.stream import ChunkStream
+from labkit.stream import ChunkStream, chunk_text
 
 __all__ = ["chunk_text", "is_first_token", "until_first_token"]
-
-
-def chunk_text(chunk: ChatCompletionChunk) -> str:
-    """The text a chunk carries (choice 0; the lab streams n=1)."""
-    for choice in chunk.choices:
-        if choice.delta.content:
-            return choice.delta.content
-    return ""
 
 
 def is_first_token(chunk: ChatCompletionChunk) -> bool:

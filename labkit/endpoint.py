@@ -33,6 +33,6 @@ class Endpoint:
         """`OPENAI_BASE_URL`/`OPENAI_API_KEY` when set, else the given local (simulated) base URL."""
         base_url = os.environ.get("OPENAI_BASE_URL") or default_base_url
         if not base_url:
-            raise RuntimeError("no endpoint: set OPENAI_BASE_URL or start the simulated service (labkit.services)")
+            raise RuntimeError("no endpoint: set OPENAI_BASE_URL or start the simulated service (labkit.lab.services)")
         api_key = os.environ.get("OPENAI_API_KEY") if os.environ.get("OPENAI_BASE_URL") else None
         return cls(base_url=base_url.rstrip("/"), api_key=api_key or LOCAL_API_KEY, name=name)

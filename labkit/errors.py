@@ -32,8 +32,6 @@ from typing import Any, Literal
 import httpx
 import openai
 
-from labkit.streaming import FirstTokenTimeout, MidStreamError, StreamError, StreamTimeout
-
 try:  # the SDK's own fork of httpx (openai >= 3); its transport errors are wrapped by the SDK, but not always
     import httpx2 as _httpx2
 
@@ -47,10 +45,70 @@ __all__ = [
     "CircuitOpenError",
     "DeadlineExceeded",
     "ErrorInfo",
+    "FirstTokenTimeout",
+    "MidStreamError",
     "NoBackendAvailable",
+    "StreamError",
+    "StreamTimeout",
     "classify",
     "parse_retry_after",
 ]
+
+# Stream failures: raised by the stream guard, read by every resilience layer.
+
+
+class StreamError(Exception):
+    """A stream that did not finish; `partial_text` is what the reader already received (maybe nothing)."""
+
+    def __init__(self, message: str, *, partial_text: str = "", chunks: int = 0, elapsed_s: float | None = None):
+        super().__init__(message)
+        self.partial_text = partial_text
+        self.chunks = chunks
+        self.elapsed_s = elapsed_s
+
+    @property
+    def retryable(self) -> bool:
+        """Safe to retry transparently only when nothing was shown yet (a retry would repeat the text)."""
+        return not self.partial_text
+
+
+class MidStreamError(StreamError):
+    """The stream broke after it started: `kind` is `error_event`, `dropped` or `truncated`."""
+
+    def __init__(
+        self,
+        kind: Literal["error_event", "dropped", "truncated"],
+        detail: str,
+        *,
+        partial_text: str = "",
+        chunks: int = 0,
+        elapsed_s: float | None = None,
+        body: Any = None,
+    ):
+        what = {
+            "error_event": "the service sent an error event",
+            "dropped": "the connection was dropped",
+            "truncated": "the response ended without a finish_reason",
+        }[kind]
+        super().__init__(
+            f"stream broke after {chunks} chunks ({len(partial_text)} characters kept in .partial_text): "
+            f"{what}: {detail}",
+            partial_text=partial_text,
+            chunks=chunks,
+            elapsed_s=elapsed_s,
+        )
+        self.kind = kind
+        self.detail = detail
+        self.body = body
+
+
+class FirstTokenTimeout(StreamError, TimeoutError):
+    """No text within the first-token timeout (the service is queueing, slow or hung)."""
+
+
+class StreamTimeout(StreamError, TimeoutError):
+    """The whole stream took longer than its total timeout; the text so far is kept."""
+
 
 #: Statuses that fail the same way again: the request (or the key) is wrong, not the moment.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 422})

@@ -1,6 +1,6 @@
 """Run a server process until SIGTERM/SIGINT or until its parent is gone.
 
-The simulated service and the web chat are both started as child processes (labkit.services); each prints a
+The simulated service and the web chat are both started as child processes (labkit.lab.services); each prints a
 ready line and must not outlive a crashed notebook kernel or test run. One helper so both behave the same.
 """
 

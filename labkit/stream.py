@@ -81,6 +81,14 @@ class ChunkStream:
         return await assemble(self)
 
 
+def chunk_text(chunk: ChatCompletionChunk) -> str:
+    """The text a chunk carries (choice 0; the lab streams n=1)."""
+    for choice in chunk.choices:
+        if choice.delta.content:
+            return choice.delta.content
+    return ""
+
+
 async def assemble(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatCompletion:
     """Fold streamed chunks into one `ChatCompletion` (choice 0 only, as the lab streams n=1)."""
     parts: list[str] = []

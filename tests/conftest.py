@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers, started once per test session through labkit.services."""
+"""Shared fixtures: real servers, started once per test session through labkit.lab.services."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from labkit.services import MemcachedService, RedisService, SimService, start_memcached, start_redis, start_sim
+from labkit.lab.services import MemcachedService, RedisService, SimService, start_memcached, start_redis, start_sim
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from labkit.adaptive import AdaptiveConcurrency
-from labkit.admission import AdmissionLayer, LocalBudget, TokenBucket, estimate_tokens, parse_duration
 from labkit.chain import Chain
-from labkit.ratelimit_redis import RedisBudget
+from labkit.layers.adaptive import AdaptiveConcurrency
+from labkit.layers.admission import AdmissionLayer, LocalBudget, TokenBucket, estimate_tokens, parse_duration
+from labkit.layers.ratelimit_redis import RedisBudget
 from labkit.request import ChatRequest
 from labkit.tokens import count_messages
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 
 class Clock:

@@ -8,12 +8,12 @@ from collections import Counter
 import pytest
 from openai.types.chat import ChatCompletion
 
-from labkit.balancer import Backend, Balancer, LeastOutstanding, PeakEwmaP2C, RoundRobin, Weighted
 from labkit.chain import Chain
 from labkit.errors import NoBackendAvailable
+from labkit.lab.services import start_sim
+from labkit.layers.balancer import Backend, Balancer, LeastOutstanding, PeakEwmaP2C, RoundRobin, Weighted
 from labkit.request import ChatRequest
-from labkit.services import start_sim
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 ANSWER = ChatCompletion.model_validate(
     {

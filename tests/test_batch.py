@@ -8,9 +8,9 @@ import pytest
 
 from labkit.batch import ItemStatus, run_batch, start_batch
 from labkit.chain import Chain
-from labkit.progress import BatchProgress
+from labkit.lab.progress import BatchProgress
 from labkit.request import ChatRequest
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 
 async def test_results_come_back_in_input_order_whatever_the_finishing_order():

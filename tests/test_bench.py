@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from labkit.bench.client import summary_ms
-from labkit.bench.runner import QUICK_LEVELS, SDK_REQUESTS_QUICK, TARGETS, evaluate_targets
+from labkit.lessons.bench.client import summary_ms
+from labkit.lessons.bench.runner import QUICK_LEVELS, SDK_REQUESTS_QUICK, TARGETS, evaluate_targets
 from labkit.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ PERCENTILES = {"p50", "p95", "p99", "min", "max", "mean"}
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "labkit.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "labkit.lessons.bench", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,11 +7,11 @@ import httpx2
 import openai
 import pytest
 
-from labkit.breaker import CircuitBreaker
 from labkit.chain import Chain
 from labkit.errors import CircuitOpenError
+from labkit.layers.breaker import CircuitBreaker
 from labkit.request import ChatRequest
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 
 class Clock:

@@ -23,8 +23,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.services import start_sim
-from labkit.webchat import start_webchat
+from labkit.lab.services import start_sim
+from labkit.lessons.webchat import start_webchat
 
 pytestmark = pytest.mark.browser
 

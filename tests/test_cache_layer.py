@@ -15,10 +15,10 @@ from labkit.cache.redis_tier import RedisTier
 from labkit.cache.sqlite_tier import SQLiteTier
 from labkit.chain import Chain
 from labkit.endpoint import Endpoint
+from labkit.lab.services import start_memcached, start_redis
 from labkit.request import ChatRequest
-from labkit.services import start_memcached, start_redis
 from labkit.stream import merge_chunks
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o"
 
@@ -482,14 +482,14 @@ def test_a_replay_with_a_bad_pace_or_speed_is_refused():
     ],
 )
 def test_a_bad_workload_spec_is_refused(changes, message):
-    from labkit.cache.workload import CacheWorkloadSpec
+    from labkit.lessons.cache.workload import CacheWorkloadSpec
 
     with pytest.raises(ValueError, match=message):
         CacheWorkloadSpec.load(**changes)
 
 
 def test_the_cache_workload_is_seeded_and_mixes_wordings():
-    from labkit.cache.workload import CacheWorkloadSpec, cache_workload
+    from labkit.lessons.cache.workload import CacheWorkloadSpec, cache_workload
 
     spec = CacheWorkloadSpec.load(n_requests=400, paraphrase_share=0.3, hard_negative_share=0.1, seed=3)
     first, again = cache_workload(spec), cache_workload(spec)

@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
-from labkit import capstone
 from labkit.assemble import SWITCHES, ChainConfig, available_layers, build_chain
-from labkit.cache.workload import Group
-from labkit.capstone import Item, RunResult, Workload, WorkloadSpec
-from labkit.naive import NaiveClient
+from labkit.lessons import capstone
+from labkit.lessons.cache.workload import Group
+from labkit.lessons.capstone import Item, RunResult, Workload, WorkloadSpec
+from labkit.lessons.naive import NaiveClient
 
 GROUPS = [Group(f"g{i}", f"question {i}?", (f"question {i}, said otherwise?", f"q{i} again?"), ()) for i in range(50)]
 

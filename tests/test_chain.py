@@ -5,10 +5,10 @@ import pytest
 
 from labkit.chain import Chain
 from labkit.endpoint import Endpoint
-from labkit.metrics import MetricsLayer, MetricsRecorder
+from labkit.layers.metrics import MetricsLayer, MetricsRecorder
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream, assemble, completion_chunks
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ import openai
 import pytest
 
 from labkit.chain import Chain
-from labkit.dedup import ExactCache, PromptHashCache, SamplingPolicy, SingleFlight, key_of
+from labkit.dedup import SamplingPolicy, SingleFlight, key_of
 from labkit.dedup.redisflight import RedisSingleFlight, UpstreamError
-from labkit.dedup.worker import WorkerPool
 from labkit.endpoint import Endpoint
+from labkit.lab.workload import SimCallCounter, ZipfSpec, expected_duplicate_share, zipf_workload
+from labkit.lessons.dedup.caches import ExactCache, PromptHashCache
+from labkit.lessons.dedup.worker import WorkerPool
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
-from labkit.transport import OpenAITransport
-from labkit.workload import SimCallCounter, ZipfSpec, expected_duplicate_share, zipf_workload
+from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o"
 

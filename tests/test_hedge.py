@@ -6,11 +6,11 @@ import gc
 
 import pytest
 
-from labkit.balancer import Backend, Balancer
 from labkit.chain import Chain
-from labkit.hedge import HedgeLayer
-from labkit.services import start_sim
-from labkit.transport import OpenAITransport
+from labkit.lab.services import start_sim
+from labkit.layers.balancer import Backend, Balancer
+from labkit.layers.hedge import HedgeLayer
+from labkit.transports.sdk import OpenAITransport
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""labkit.lean: the lean transport gives what the SDK transport gives, against the real sim."""
+"""labkit.transports.lean: the lean transport gives what the SDK transport gives, against the real sim."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import openai
 import pytest
 
 from labkit.endpoint import Endpoint
-from labkit.lean import LeanTransport, RateLimitInfo, parse_duration, sse_data
-from labkit.pool import ClientPool
+from labkit.lab.services import SimService, start_sim
 from labkit.request import ChatRequest
-from labkit.services import SimService, start_sim
-from labkit.transport import OpenAITransport
+from labkit.transports.lean import LeanTransport, RateLimitInfo, parse_duration, sse_data
+from labkit.transports.pool import ClientPool
+from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o-mini"
 KEY = "sk-lab-local"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from labkit.metrics import RequestRecord
+from labkit.layers.metrics import RequestRecord
 from labkit.monitoring import Metrics
 from labkit.monitoring.alerts import AlertRule, Alerts, availability_slo, cache_hit_slo, ttfb_slo
 

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from labkit.metrics import RequestRecord
+from labkit.lab.dashboard import TRACES, Dashboard
+from labkit.layers.metrics import RequestRecord
 from labkit.monitoring import Metrics
-from labkit.monitoring.dashboard import TRACES, Dashboard
 
 
 async def test_the_task_updates_the_widget_while_requests_are_recorded():

@@ -8,15 +8,15 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from labkit.breaker import CircuitBreaker
 from labkit.chain import Chain
 from labkit.dedup.singleflight import SingleFlight
-from labkit.metrics import MetricsLayer
+from labkit.layers.breaker import CircuitBreaker
+from labkit.layers.metrics import MetricsLayer
+from labkit.layers.retry import RetryLayer
 from labkit.monitoring import Metrics
 from labkit.monitoring.collector import read_layers
 from labkit.monitoring.exposition import LabkitCollector, MetricsServer, make_registry, render
-from labkit.retry import RetryLayer
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

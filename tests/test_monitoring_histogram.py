@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from labkit.metrics import RequestRecord
+from labkit.layers.metrics import RequestRecord
 from labkit.monitoring import Histogram, Metrics, Rolling
 
 

@@ -4,11 +4,11 @@ import pytest
 
 from labkit.cache import CacheLayer, MemoryTier
 from labkit.chain import Chain
-from labkit.metrics import MetricsLayer
+from labkit.layers.metrics import MetricsLayer
 from labkit.monitoring import Metrics
 from labkit.monitoring.stages import STAGE_ORDER, StageMark, traced_http_client
 from labkit.timing import StageLog, mark, opened
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 
 @pytest.fixture

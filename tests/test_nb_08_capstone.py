@@ -1,7 +1,7 @@
 """08_capstone at reduced size: the measured table shows each improvement with a margin (simulated latency dominates).
 
 Throughput needs the rate ladder, which is too slow for a test (`LADDER=False` here); the ladder's logic is unit
-tested in test_capstone.py and the benchmark (`python -m labkit.capstone --bench`) measures it.
+tested in test_capstone.py and the benchmark (`python -m labkit.lessons.capstone --bench`) measures it.
 """
 
 import pytest

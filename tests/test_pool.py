@@ -1,4 +1,4 @@
-"""labkit.pool: one shared client per endpoint and event loop, limits from config, closed cleanly."""
+"""labkit.transports.pool: one shared client per endpoint and event loop, limits from config, closed cleanly."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from labkit.endpoint import Endpoint
-from labkit.pool import ClientPool, PoolConfig, PoolConfigError, shared_pool
 from labkit.request import ChatRequest
-from labkit.transport import OpenAITransport
+from labkit.transports.pool import ClientPool, PoolConfig, PoolConfigError, shared_pool
+from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o-mini"
 

@@ -11,11 +11,11 @@ import openai
 import pytest
 
 from labkit.chain import Chain
-from labkit.errors import DeadlineExceeded, classify, parse_retry_after
-from labkit.resilience import resilient_chain
-from labkit.retry import RetryBudget, RetryLayer, RetryPolicy, sdk_backoff_s
-from labkit.streaming import FirstTokenTimeout, MidStreamError, StreamGuard
-from labkit.transport import OpenAITransport
+from labkit.errors import DeadlineExceeded, FirstTokenTimeout, MidStreamError, classify, parse_retry_after
+from labkit.layers.guard import StreamGuard
+from labkit.layers.retry import RetryBudget, RetryLayer, RetryPolicy, sdk_backoff_s
+from labkit.lessons.resilience import resilient_chain
+from labkit.transports.sdk import OpenAITransport
 
 REQUEST = httpx2.Request("POST", "http://sim/v1/chat/completions")
 

@@ -33,7 +33,7 @@ from labkit.cache.semantic import (
 from labkit.chain import Chain
 from labkit.endpoint import Endpoint
 from labkit.request import ChatRequest
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o"
 

@@ -1,4 +1,4 @@
-"""labkit.services starts real servers, honours the environment, and leaves no process behind."""
+"""labkit.lab.services starts real servers, honours the environment, and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import redis.asyncio
 from openai import AsyncOpenAI
 from pymemcache.client.base import Client as MemcacheClient
 
-from labkit.services import (
+from labkit.lab.services import (
     SIM_API_KEY,
     Lab,
     MemcachedService,
@@ -240,7 +240,7 @@ def test_restart_refuses_a_server_labkit_did_not_start(
 PARENT_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from labkit import services
+    from labkit.lab import services
 
     kind = sys.argv[1]
     start = {"redis": services.start_redis, "memcached": services.start_memcached, "sim": services.start_sim}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from spec import validate
 
-from labkit.services import SimService, start_sim
+from labkit.lab.services import SimService, start_sim
 
 API_KEY = "sk-labkit-bad-input-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

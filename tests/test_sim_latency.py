@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from labkit.services import SimService, start_sim
+from labkit.lab.services import SimService, start_sim
 from labkit.tokens import count_messages
 
 API_KEY = "sk-labkit-latency-test"

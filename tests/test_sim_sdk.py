@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from labkit.services import SimService, start_sim
+from labkit.lab.services import SimService, start_sim
 from labkit.tokens import count_messages, count_text
 
 API_KEY = "sk-labkit-sdk-test"

@@ -7,21 +7,13 @@ import pytest
 
 from labkit.chain import Chain
 from labkit.endpoint import Endpoint
-from labkit.metrics import MetricsLayer, MetricsRecorder
-from labkit.services import start_sim
-from labkit.streaming import (
-    FirstTokenTimeout,
-    MidStreamError,
-    StreamGuard,
-    StreamTimeout,
-    StreamTiming,
-    consume,
-    estimate_usage,
-    percentile,
-    trim_history,
-)
+from labkit.errors import FirstTokenTimeout, MidStreamError, StreamTimeout
+from labkit.lab.services import start_sim
+from labkit.layers.guard import StreamGuard
+from labkit.layers.metrics import MetricsLayer, MetricsRecorder
+from labkit.streaming import StreamTiming, consume, estimate_usage, percentile, trim_history
 from labkit.tokens import count_messages, count_text
-from labkit.transport import OpenAITransport
+from labkit.transports.sdk import OpenAITransport
 
 PROMPT = [{"role": "user", "content": "Tell me about streaming responses"}]
 

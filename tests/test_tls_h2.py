@@ -1,4 +1,4 @@
-"""labkit.tls and labkit.sim.h2: the sim over HTTPS with the lab's own certificate, and HTTP/2 through the front."""
+"""labkit.transports.tls and labkit.sim.h2: the sim over HTTPS with the lab's own certificate, HTTP/2 via a front."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from labkit.services import SimService, start_sim
+from labkit.lab.services import SimService, start_sim
 from labkit.sim.h2 import start_h2_front
-from labkit.tls import SelfSignedCert, TLSError, available_backends, make_self_signed
+from labkit.transports.tls import SelfSignedCert, TLSError, available_backends, make_self_signed
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 HEADERS = {"Authorization": "Bearer sk-lab-local"}

@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 
-from labkit.services import start_sim
-from labkit.webchat import start_webchat
-from labkit.webchat.app import ERROR_MARK
+from labkit.lab.services import start_sim
+from labkit.lessons.webchat import start_webchat
+from labkit.lessons.webchat.app import ERROR_MARK
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ async def test_the_app_is_asgi_and_mounts_into_a_starlette_application(bench_sim
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    from labkit.webchat.app import create_app
+    from labkit.lessons.webchat.app import create_app
 
     chat_app = create_app(bench_sim.base_url, model="gpt-4o")
     assert isinstance(chat_app, Starlette)

@@ -4,9 +4,9 @@
   with temperature > 0);
 - `singleflight`: `SingleFlight`, the in-process layer (plain and streamed requests);
 - `redisflight`: `RedisSingleFlight`, the cross-process layer (a Redis lock, a result channel, a short TTL);
-- `caches`: the common advice's `PromptHashCache` and a small exact `ExactCache` to compare with;
-- `worker`: a worker process for the cross-process demonstration (`python -m labkit.dedup.worker`);
-- `bench`: the single-flight overhead per request (`python -m labkit.dedup --bench`).
+
+Lesson 02's experiments (the guide's prompt-hash cache, the worker processes, the benchmark) live in
+`labkit.lessons.dedup`.
 
 `RedisSingleFlight` is imported lazily, so the in-process layers do not need the `redis` package.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from labkit.dedup.caches import ExactCache, PromptHashCache, prompt_text
 from labkit.dedup.policy import SamplingPolicy, is_sampled, key_of
 from labkit.dedup.singleflight import SingleFlight, SingleFlightStats
 
@@ -32,8 +31,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ExactCache",
-    "PromptHashCache",
     "RedisFlightStats",
     "RedisSingleFlight",
     "SamplingPolicy",
@@ -42,5 +39,4 @@ __all__ = [
     "UpstreamError",
     "is_sampled",
     "key_of",
-    "prompt_text",
 ]

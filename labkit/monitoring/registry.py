@@ -33,7 +33,7 @@ Labels = tuple[tuple[str, str], ...]
 QUANTILES = (0.5, 0.95, 0.99)
 
 
-class _Record(Protocol):  # labkit.metrics.RequestRecord, without importing it (it imports this module)
+class _Record(Protocol):  # labkit.layers.metrics.RequestRecord, without importing it (it imports this module)
     stream: bool
     latency_s: float | None
     ttft_s: float | None

@@ -1,7 +1,7 @@
 """Command line: run one simulator instance as its own process.
 
 Prints exactly one line, `labkit.sim ready on http://HOST:PORT` (`https://` with --tls-cert/--tls-key), once
-it listens (labkit.services waits for it), exits on SIGTERM/SIGINT, and with --parent-pid exits when that
+it listens (labkit.lab.services waits for it), exits on SIGTERM/SIGINT, and with --parent-pid exits when that
 process is gone, so a crashed notebook kernel leaves no orphan servers behind.
 """
 
@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--faults", type=_faults_arg, default=None, help="initial fault config: JSON or a path")
     ap.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
-    ap.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (labkit.tls)")
+    ap.add_argument(
+        "--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (labkit.transports.tls)"
+    )
     ap.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
     return ap.parse_args(argv)
 
@@ -93,7 +95,7 @@ def _freeze_startup_objects() -> None:
     stream at once (measured here: about 80 ms added to every first token of a 100-stream burst). The youngest
     generation is collected every 50,000 allocations rather than 700: a burst of streams allocates fast, and fewer,
     larger collections cost less in total (at 1000 streams the added TTFT p95 fell from a median of 295 ms to
-    266 ms over three runs each of `python -m labkit.bench`)."""
+    266 ms over three runs each of `python -m labkit.lessons.bench`)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)

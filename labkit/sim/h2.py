@@ -38,8 +38,8 @@ import orjson
 from labkit.sim import READY_PREFIX
 
 if TYPE_CHECKING:
-    from labkit.services import SimService
-    from labkit.tls import SelfSignedCert
+    from labkit.lab.services import SimService
+    from labkit.transports.tls import SelfSignedCert
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -283,7 +283,7 @@ def start_h2_front(
     Returns a `SimService` whose URL is the front's: its admin helpers go through the front too, and
     `stats()["front"]` has the client-side connection counts. Stop it before the sim.
     """
-    from labkit.services import _Child, _child_env, _PendingSim
+    from labkit.lab.services import _Child, _child_env, _PendingSim
 
     if sim.url.startswith("https://"):
         raise ValueError("start the sim behind the front without TLS: the front terminates TLS itself")
