@@ -1,4 +1,5 @@
-"""Where the lab's data files live (`data/` beside the package, or `LABKIT_DATA` when installed elsewhere)."""
+"""Where the lab's data files live: `data/` beside the package in a checkout, its copy `labkit/_data` in an installed
+wheel, or `LABKIT_DATA`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ def data_dir() -> Path:
     override = os.environ.get("LABKIT_DATA")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "data"
+    shipped = Path(__file__).resolve().parent / "_data"  # an installed wheel carries a copy (pyproject.toml)
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parent.parent / "data"
 
 
 def data_path(name: str) -> Path:

@@ -14,10 +14,14 @@ LOCAL_API_KEY = "sk-lab-local"
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """One OpenAI-compatible endpoint: a base URL ending in `/v1`, an API key and a short name."""
+    """One OpenAI-compatible endpoint: a base URL ending in `/v1`, an API key and a short name.
+
+    The key is left out of the repr (displaying a chain in a notebook must not print it); `tenant` is the
+    keyed hash that caches and de-duplication scope its requests by (`labkit.scope`).
+    """
 
     base_url: str
-    api_key: str = LOCAL_API_KEY
+    api_key: str = dataclasses.field(default=LOCAL_API_KEY, repr=False)
     name: str = "default"
 
     def __post_init__(self) -> None:
@@ -27,6 +31,13 @@ class Endpoint:
     @property
     def is_simulated(self) -> bool:
         return self.api_key == LOCAL_API_KEY
+
+    @property
+    def tenant(self) -> str:
+        """The tenant of this endpoint's key: a keyed hash, never the key (`labkit.scope.tenant_of`)."""
+        from labkit.scope import tenant_of  # labkit.scope imports the chain, which needs no endpoint
+
+        return tenant_of(self.api_key)
 
     @classmethod
     def from_env(cls, default_base_url: str | None = None, name: str = "default") -> Endpoint:

@@ -13,9 +13,9 @@ on what they mean, yet layers never import each other. So the one classification
 - `CircuitOpenError`, `NoBackendAvailable` and `DeadlineExceeded` are raised by the breaker, the balancer and the
   retry layer; defining them here lets each layer recognise the others' failures without importing them.
 
-The rules follow the API's and the SDK's (DESIGN §4): connection errors, timeouts, 408, 409, 429 and >= 500 are
-worth retrying, `x-should-retry` overrides the status, and two cases are never retried whatever the headers say:
-permanent client errors (400, 401, 403, 404, 422: the same request fails the same way) and `insufficient_quota`
+The rules follow the API's and the official SDK's own retry rule: connection errors, timeouts, 408, 409, 429 and >=
+500 are worth retrying, `x-should-retry` overrides the status, and two cases are never retried whatever the headers
+say: permanent client errors (400, 401, 403, 404, 422: the same request fails the same way) and `insufficient_quota`
 (a 429 that means "out of credit", not "slow down": retrying only burns the budget and delays the real error).
 """
 

@@ -15,10 +15,13 @@ from typing import Any
 
 from labkit.fingerprint import fingerprint
 
+#: Controls that may carry a credential: shown as `***` in a request's repr.
+SECRET_CONTROLS = frozenset({"api_key", "headers"})
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class ChatRequest:
-    """A chat-completion request plus labkit's per-request controls."""
+    """A chat-completion request plus labkit's per-request controls (a per-request key is hidden from its repr)."""
 
     model: str
     messages: Sequence[Mapping[str, Any]]
@@ -83,3 +86,10 @@ class ChatRequest:
 
     def with_controls(self, **controls: Any) -> ChatRequest:
         return self.replace(controls={**self.controls, **controls})
+
+    def __repr__(self) -> str:
+        controls = {k: ("***" if k in SECRET_CONTROLS else v) for k, v in self.controls.items()}
+        return (
+            f"ChatRequest(model={self.model!r}, messages={self.messages!r}, params={self.params!r}, "
+            f"stream={self.stream!r}, metadata={self.metadata!r}, controls={controls!r})"
+        )

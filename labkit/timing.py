@@ -1,6 +1,6 @@
 """Where one request's time goes: a per-request log of checkpoints that any layer may write to.
 
-Layers never import each other (DESIGN §3), yet a breakdown needs the cache, the admission queue and the
+Layers never import each other (docs/ARCHITECTURE.md), yet a breakdown needs the cache, the admission queue and the
 transport to say when they were done. So the log travels in a `contextvars.ContextVar`, not in an import: the
 metrics layer opens a `StageLog` for each request and sets it as the current one; anything below it in the same
 task (or in a task started from it, which copies the context) calls `labkit.timing.mark("cache_lookup")` when

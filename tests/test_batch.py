@@ -41,7 +41,7 @@ async def test_the_sustained_rate_leaves_out_the_opening_burst():
 
     result = await run_batch(paced, range(30), concurrency=30)
     assert result.sustained_rate() == pytest.approx(50, rel=0.25)  # the whole batch: 30 / 0.4 s = 75 per second
-    assert result.count(ItemStatus.OK) / result.wall_s > 65
+    assert result.count(ItemStatus.OK) / result.wall_s > result.sustained_rate()  # the burst inflates the whole
 
 
 async def test_concurrency_bounds_items_in_flight():

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from labkit.lessons.bench.client import summary_ms
+from labkit.lab.measure import summary_ms
 from labkit.lessons.bench.runner import QUICK_LEVELS, SDK_REQUESTS_QUICK, TARGETS, evaluate_targets
 from labkit.percentiles import percentile
 

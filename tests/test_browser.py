@@ -40,9 +40,15 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests run wherever Chromium is installed (`./lab test` installs it as root); without it they are skipped with
+# the reason shown in pytest's summary (addopts has -ra). Where it must be there, its absence is a failure: on CI,
+# and when CHROMIUM_PATH names a browser that does not exist.
 if not Path(CHROMIUM).exists():
-    message = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
-    if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure, not a skip
+    message = (
+        f"Chromium not found at {CHROMIUM}: `apt-get install chromium` (or run `./lab test` as root, which installs "
+        "it), or set CHROMIUM_PATH to a Chromium binary"
+    )
+    if os.environ.get("CI") or os.environ.get("CHROMIUM_PATH"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message, allow_module_level=True)
 from playwright.async_api import async_playwright  # noqa: E402

@@ -7,6 +7,7 @@ import logging
 import time
 
 import pytest
+from conftest import Counting
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.cache import CacheControls, CacheLayer, MemoryTier, tenant_hash
@@ -21,17 +22,6 @@ from labkit.stream import merge_chunks
 from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o"
-
-
-class Counting:
-    """Counts the requests that get past the cache (what would cost money)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    async def __call__(self, request, call_next):
-        self.calls += 1
-        return await call_next(request)
 
 
 @pytest.fixture

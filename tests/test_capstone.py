@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from labkit.assemble import SWITCHES, ChainConfig, available_layers, build_chain
+from labkit.assemble import SWITCHES, ChainConfig, build_chain
 from labkit.lessons import capstone
 from labkit.lessons.cache.workload import Group
 from labkit.lessons.capstone import Item, RunResult, Workload, WorkloadSpec
@@ -269,10 +269,14 @@ async def test_the_open_loop_times_requests_from_their_scheduled_arrival_and_app
         Item(i.index, 0.02 * i.index, False, i.meaning, 0, "usual", i.messages) for i in items
     )  # 0, 20, 40, 60 ms
 
+    served_s = {}  # how long each call itself took, measured inside the call
+
     async def call(it):
         loop = asyncio.get_running_loop()
+        began = loop.time()
         await asyncio.sleep(0.3 if it.index == 3 else 0.05)
         now = loop.time()
+        served_s[it.index] = now - began
         return {"first": now, "done": now, "upstream": it.index % 2 == 0, "attempts": 1, "source": "x",
                 "completion_tokens": 1}  # fmt: skip
 
@@ -280,7 +284,11 @@ async def test_the_open_loop_times_requests_from_their_scheduled_arrival_and_app
     rows = result.rows
     assert [r["ok"] for r in rows] == [True, True, True, False]
     assert rows[3]["error"] == "gave up (patience)"
-    assert all(0.04 <= r["ttfb_s"] < 0.15 for r in rows[:3])
+    for r in rows[:3]:
+        # from the scheduled arrival: the call's own time plus how late it started, and nothing more (timed from
+        # the run's start instead, a row would carry its 20-60 ms offset in the schedule)
+        from_arrival = served_s[r["index"]] + r["start_lag_s"]
+        assert from_arrival <= r["ttfb_s"] < from_arrival + 0.02
     assert result.peak_outstanding >= 3
 
 
@@ -295,8 +303,8 @@ async def test_a_failing_call_is_a_measured_outcome_not_a_crash():
 # -- the clients against a real (simulated) service ---------------------------------------------------------
 
 
-def test_every_layer_module_of_the_chain_is_available():
-    assert available_layers() == dict.fromkeys(SWITCHES, True)
+def test_the_default_config_switches_every_layer_on():
+    assert ChainConfig().switches() == dict.fromkeys(SWITCHES, True)
 
 
 def test_an_unknown_ablation_switch_is_refused():
@@ -312,7 +320,7 @@ def test_a_pair_of_switches_removes_both():
 async def test_the_full_chain_answers_a_stream_then_serves_the_repeat_without_an_upstream_call(fresh_sim):
     assembled = build_chain(ChainConfig(semantic=False), fresh_sim.endpoint)
     try:
-        assert assembled.missing == [] and "cache" in assembled.on
+        assert "cache" in assembled.on
         call = capstone.chain_caller(assembled, model="gpt-4o", max_tokens=20)
         first = await call(item(0, 0, "What is a circuit breaker?"))
         again = await call(item(1, 0, "What is a circuit breaker?"))

@@ -7,6 +7,7 @@ import uuid
 
 import openai
 import pytest
+from conftest import Counting
 
 from labkit.chain import Chain
 from labkit.dedup import SamplingPolicy, SingleFlight, key_of
@@ -16,33 +17,9 @@ from labkit.lab.workload import SimCallCounter, ZipfSpec, expected_duplicate_sha
 from labkit.lessons.dedup.caches import ExactCache, PromptHashCache
 from labkit.lessons.dedup.worker import WorkerPool
 from labkit.request import ChatRequest
-from labkit.stream import ChunkStream
 from labkit.transports.sdk import OpenAITransport
 
 MODEL = "gpt-4o"
-
-
-class Counting:
-    """Counts what reaches the transport; optionally slows plain calls and streamed chunks (real upstream)."""
-
-    def __init__(self, delay_s: float = 0.0, chunk_delay_s: float = 0.0):
-        self.calls = 0
-        self.delay_s, self.chunk_delay_s = delay_s, chunk_delay_s
-
-    async def __call__(self, request, call_next):
-        self.calls += 1
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        result = await call_next(request)
-        if isinstance(result, ChunkStream) and self.chunk_delay_s:
-
-            async def slow(chunks):
-                async for chunk in chunks:
-                    await asyncio.sleep(self.chunk_delay_s)
-                    yield chunk
-
-            return result.wrap(slow)
-        return result
 
 
 @pytest.fixture

@@ -41,9 +41,11 @@ def test_streaming_does_not_change_the_total(results):
 
 def test_max_tokens_moves_the_total_not_the_ttft(results):
     short, long = results["by_max_tokens"]["8"]["stream"], results["by_max_tokens"]["40"]["stream"]
-    assert long["total_s"] > short["total_s"] + 0.3  # 32 more tokens at 20 ms
-    assert abs(long["ttft_s"] - short["ttft_s"]) < 0.15
-    assert 0.01 < results["total_s_per_extra_token"] < 0.05
+    assert long["total_s"] > 1.5 * short["total_s"]  # 32 more tokens at 20 ms: about 1.1 s against 0.45 s
+    # the first token moves by less than a quarter of what the total moved
+    assert abs(long["ttft_s"] - short["ttft_s"]) < 0.25 * (long["total_s"] - short["total_s"])
+    # each extra token costs about one inter-token gap, as measured on the same streams
+    assert 0.5 < results["total_s_per_extra_token"] / long["itl_p50_s"] < 2
 
 
 def test_prompt_length_moves_the_ttft_not_the_itl(results):
@@ -51,15 +53,16 @@ def test_prompt_length_moves_the_ttft_not_the_itl(results):
     by_prompt = results["by_prompt_tokens"]
     short, long = by_prompt["100"], by_prompt["2000"]
     assert long["stream"]["prompt_tokens"] > short["stream"]["prompt_tokens"] + 1500
-    assert long["stream"]["ttft_s"] > short["stream"]["ttft_s"] + 0.25
-    assert long["plain"]["ttft_s"] > short["plain"]["ttft_s"] + 0.25  # a plain call waits for the prefill too
-    assert 125 < results["ttft_ms_per_1k_prompt_tokens"] < 500  # 250 ms per 1000 tokens in the profile
+    assert long["stream"]["ttft_s"] > 1.5 * short["stream"]["ttft_s"]  # about 0.8 s against 0.33 s
+    assert long["plain"]["ttft_s"] > 1.5 * short["plain"]["ttft_s"]  # a plain call waits for the prefill too
+    # the profile's 250 ms per 1000 tokens is a floor the service's sleeps keep (a busy machine only adds)
+    assert results["ttft_ms_per_1k_prompt_tokens"] > 125
     assert results["ttft_moves_with_prompt"]
     # the decode speed after the first token does not depend on the prompt
     assert long["stream"]["itl_p50_s"] < 2 * short["stream"]["itl_p50_s"]
     assert long["stream"]["tpot_s"] < 2 * short["stream"]["tpot_s"]
     decode_s = [p["stream"]["total_s"] - p["stream"]["ttft_s"] for p in (short, long)]
-    assert abs(decode_s[1] - decode_s[0]) < 0.2
+    assert abs(decode_s[1] - decode_s[0]) < 0.25 * min(decode_s)
 
 
 def test_levers(results):
@@ -72,9 +75,9 @@ def test_levers(results):
     assert levers["prefix_cache"]["before"]["cached_tokens"] == 0
     assert levers["prefix_cache"]["after"]["cost_usd"] < levers["prefix_cache"]["before"]["cost_usd"]
     # cached tokens skip prefill: about 1400 of ~1450 prompt tokens, i.e. some 0.35 s less to the first token
-    assert levers["prefix_cache"]["after"]["ttft_s"] < levers["prefix_cache"]["before"]["ttft_s"] - 0.15
+    assert levers["prefix_cache"]["after"]["ttft_s"] < 0.75 * levers["prefix_cache"]["before"]["ttft_s"]
     # the full history (thousands of prompt tokens) prefills far longer than the trimmed one (at most 400)
-    assert levers["history"]["after"]["ttft_s"] < levers["history"]["before"]["ttft_s"] - 0.2
+    assert levers["history"]["after"]["ttft_s"] < 0.75 * levers["history"]["before"]["ttft_s"]
 
 
 def test_live_view_streams_both_endpoints(results):

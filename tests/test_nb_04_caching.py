@@ -1,6 +1,8 @@
 """04_caching: the common advice measured, tier latency, the workload with and without the semantic cache, the
 threshold on labelled pairs, stream replay, controls, and a Redis outage, executed with papermill at small sizes."""
 
+import os
+
 import pytest
 from nbrun import run_notebook
 
@@ -65,8 +67,8 @@ def test_the_threshold_is_checked_on_held_out_pairs(results):
     ev = results["semantic_eval"]
     assert ev["heldout"]["false_hit_rate"] < 0.01
     assert ev["heldout_cosine_only"]["false_hit_rate"] > 0.1
-    low, high = ev["heldout"]["false_hit_rate_ci95"]
-    assert low <= ev["heldout"]["false_hit_rate"] <= high
+    _low, high = ev["heldout"]["false_hit_rate_ci95"]
+    assert high < 0.06  # the top of the guarded rate's 95 % interval: fewer than 6 wrong answers in 100 served
 
 
 def test_a_replayed_stream_has_the_same_text_and_the_paced_one_keeps_its_timing(results):
@@ -90,11 +92,21 @@ def test_controls_and_tenants_decide_what_goes_upstream(results):
     }
 
 
-def test_requests_succeed_through_a_redis_outage_and_redis_is_used_again(results):
+def test_every_request_of_the_outage_demonstration_succeeds(results):
     outage = results["outage"]
     assert outage["succeeded"] == outage["requests"]
-    if outage["restarted"]:
-        assert outage["redis"]["outages"] == 1 and outage["redis"]["recoveries"] == 1
-        during = outage["sources"][outage["stopped_at"] : outage["back_at"]]
-        after = outage["sources"][outage["back_at"] :]
-        assert "redis" not in during[1:] and "redis" in after
+
+
+def test_requests_are_served_through_a_redis_outage_and_redis_is_used_again(results):
+    if os.environ.get("REDIS_URL"):
+        pytest.skip(
+            "REDIS_URL points at a Redis the lab did not start: the notebook never stops someone else's server, "
+            "so there was no outage to observe (unset REDIS_URL to run this check against a lab-started Redis)"
+        )
+    outage = results["outage"]
+    assert outage["restarted"], "the lab started this Redis, so the notebook should have stopped and restarted it"
+    assert outage["redis"]["outages"] == 1 and outage["redis"]["recoveries"] == 1
+    during = outage["sources"][outage["stopped_at"] : outage["back_at"]]
+    after = outage["sources"][outage["back_at"] :]
+    assert "redis" not in during[1:] and "redis" in after
+    assert set(during[1:]) <= {"sqlite", "upstream"}  # while Redis was down the next tier (or the service) answered

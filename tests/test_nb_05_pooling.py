@@ -58,7 +58,6 @@ def test_the_sdk_on_httpx2_costs_more_client_cpu_than_on_aiohttp(results):
     ratio = (
         transports["sdk_httpx"]["client_cpu_per_request_ms"] / transports["sdk_aiohttp"]["client_cpu_per_request_ms"]
     )
-    assert results["httpx_over_aiohttp_cpu"] == pytest.approx(ratio)
     # measured 1.4-1.9x (benchmark and full notebook runs, 2 shared cores); the margin allows for the small test run
     assert ratio > 1.1
 

@@ -39,9 +39,10 @@ def test_labkit_chain_as_shipped_meets_the_999_goal(results):
 
 def test_labkit_chain_resumes_broken_streams_by_verifying_the_replay(results):
     retry = results["headline"]["labkit chain"]["retry"]
+    # the seeded fault mix drops about 1 % of streams after their first token: 400 requests see several drops
+    assert retry["failures"].get("mid_stream", 0) >= 1, "no stream broke mid-way: the resume went unexercised"
+    assert retry["resumed"] >= 1
     assert retry["resume_diverged"] == 0  # the replicas are deterministic at temperature 0
-    if retry["failures"].get("mid_stream", 0):
-        assert retry["resumed"] >= 1
 
 
 def test_without_resume_labkit_chain_fails_only_after_the_first_token(results):

@@ -67,16 +67,22 @@ async def test_time_to_first_token_grows_with_prompt_length(small_server):
     tag = uuid.uuid4().hex  # a prompt never seen before: no prefix-cache hit may shorten its prefill
     short = [{"role": "user", "content": f"{tag} Say hi."}]
     long = [{"role": "user", "content": f"{tag} " + "word " * 10_000 + "Say hi."}]
+    longer = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "word " * 20_000 + "Say hi."}]  # no shared prefix
     extra_tokens = count_messages(long, model) - count_messages(short, model)
     assert extra_tokens > 9_000
 
     async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
         short_ttft, _ = await time_to_first_token(client, {"model": model, "messages": short, "max_tokens": 1})
         long_ttft, _ = await time_to_first_token(client, {"model": model, "messages": long, "max_tokens": 1})
+        longer_ttft, _ = await time_to_first_token(client, {"model": model, "messages": longer, "max_tokens": 1})
 
-    expected_prefill_s = extra_tokens / 20_000  # about 0.5 s at the profile's prefill speed
+    # the service sleeps the profile's prefill (about 0.5 s for 10,000 tokens at 20,000 tokens/s): a floor that a
+    # busy machine can only raise
+    expected_prefill_s = extra_tokens / 20_000
     assert long_ttft - short_ttft >= 0.5 * expected_prefill_s, (short_ttft, long_ttft)
-    assert long_ttft - short_ttft <= 3 * expected_prefill_s + 0.5, (short_ttft, long_ttft)
+    # and it grows in proportion: twice the extra prompt, about twice the extra wait
+    ratio = (longer_ttft - short_ttft) / (long_ttft - short_ttft)
+    assert 1.4 < ratio < 2.8, (short_ttft, long_ttft, longer_ttft)
 
 
 async def test_repeated_long_prompt_prefills_faster_from_the_prefix_cache(small_server):
@@ -100,9 +106,10 @@ async def test_third_concurrent_request_waits_for_a_free_sequence(small_server):
 
     generation_s = min(total_1, total_2)
     assert stats_while_busy["active_sequences"] == 2
-    assert max(ttft_1, ttft_2) < 0.3, "the first two are admitted at once"
     # The third started 0.1 s later and is admitted when one of the first two finishes.
     assert third_ttft >= 0.6 * (generation_s - 0.1), (third_ttft, generation_s)
+    # the first two were admitted at once: neither waited anything like the third's queueing
+    assert max(ttft_1, ttft_2) < 0.5 * third_ttft, "the first two are admitted at once"
     assert (await sim.astats())["peak_active_sequences"] == 2
 
 
@@ -110,8 +117,10 @@ async def test_requests_within_capacity_do_not_queue(small_server):
     sim = small_server
     body = {"model": chat_model(sim), "messages": [{"role": "user", "content": "Tell me something."}], "max_tokens": 50}
     async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH, timeout=30) as client:
+        alone, generation_s = await time_to_first_token(client, body)  # the baseline: nobody else in flight
         results = await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
-    assert all(ttft < 0.3 for ttft, _ in results), results
+    # queueing behind a busy sequence would add most of a generation (0.5 s of 50 tokens) to the first token
+    assert all(ttft < alone + 0.5 * (generation_s - alone) for ttft, _ in results), (alone, generation_s, results)
 
 
 async def test_a_stream_sends_its_headers_with_the_first_token(small_server):
@@ -123,17 +132,23 @@ async def test_a_stream_sends_its_headers_with_the_first_token(small_server):
         async with client.stream("POST", "/chat/completions", json=body) as response:
             headers_after = time.monotonic() - started
             await response.aread()
-    assert headers_after >= 0.3, headers_after  # as the real API: the status line waits for the first token
-    assert int(response.headers["openai-processing-ms"]) >= 300
+        total_s = time.monotonic() - started
+    # as the real API: the status line waits for the first token, so it comes after most of the ~0.5 s prefill
+    # rather than at once (5 tokens at 100/s follow it: about 50 ms)
+    assert headers_after > 0.5 * total_s, (headers_after, total_s)
+    processing_s = int(response.headers["openai-processing-ms"]) / 1000
+    assert 0.5 * headers_after <= processing_s <= headers_after  # the wait was the service's processing
 
 
 async def test_stats_report_how_late_the_service_sent_first_tokens(small_server):
     await small_server.areset()
     body = {"model": chat_model(small_server), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
     async with httpx.AsyncClient(base_url=small_server.base_url, headers=AUTH, timeout=30) as client:
-        await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
+        timings = await asyncio.gather(*(time_to_first_token(client, body) for _ in range(2)))
     late = (await small_server.astats())["first_token_late_ms"]
-    assert late["count"] == 2 and 0 <= late["p50"] <= late["max"] < 1000
+    assert late["count"] == 2
+    # lateness is part of the wait the client saw for its first token, never more than that wait
+    assert late["max"] <= 1000 * max(ttft for ttft, _ in timings), (late, timings)
     await small_server.areset()
     assert (await small_server.astats())["first_token_late_ms"]["count"] == 0
 
@@ -180,10 +195,13 @@ def test_faults_switch_at_run_time_without_a_restart(sim, faults):
 
 
 def test_slow_first_byte_delays_the_response(sim, faults):
+    started = time.monotonic()
+    assert statuses(sim, 1) == [200]
+    plain_s = time.monotonic() - started  # the baseline: the same request without the fault
     faults({"slow_first_byte": {"rate": 1.0, "delay_s": 0.4}})
     started = time.monotonic()
     assert statuses(sim, 1) == [200]
-    assert time.monotonic() - started >= 0.35
+    assert time.monotonic() - started >= plain_s + 0.9 * 0.4  # the injected delay on top of the plain request
 
 
 def test_rate_limit_storm_gives_429_while_it_lasts_then_stops(sim, faults):

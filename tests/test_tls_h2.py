@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from labkit.lab.services import SimService, start_sim
-from labkit.sim.h2 import start_h2_front
+from labkit.lab.services import SimService, start_h2_front, start_sim
 from labkit.transports.tls import SelfSignedCert, TLSError, available_backends, make_self_signed
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from conftest import bare_stream
 
 from labkit.lab.services import start_sim
 from labkit.lessons.webchat import start_webchat
@@ -43,6 +44,7 @@ async def test_page_is_served(webchat, client):
 
 
 async def test_answer_streams_as_chunked_text_over_many_reads(webchat, upstream, client):
+    baseline = await bare_stream(upstream.base_url, messages=[{"role": "user", "content": "Explain streaming"}])
     started = time.perf_counter()
     reads = []
     async with client.stream("POST", webchat.chat_url, json={"message": "Explain streaming"}) as response:
@@ -55,7 +57,8 @@ async def test_answer_streams_as_chunked_text_over_many_reads(webchat, upstream,
     assert ERROR_MARK not in text and len(text.split()) > 10
     assert len(reads) >= 10  # bench: 50 tokens 20 ms apart arrive as many separate reads
     first, last = reads[0][0], reads[-1][0]
-    assert last - first > 0.5  # the text arrived over time, not at the end
+    # the text arrived over time, not at the end: spread about as the upstream's own chunks are (bare SDK)
+    assert last - first > 0.5 * baseline.spread_s
 
 
 @pytest.mark.parametrize(
@@ -128,18 +131,19 @@ async def test_history_is_trimmed_to_the_token_budget(webchat, upstream, client)
 
 
 async def test_client_that_goes_away_before_the_first_token_cancels_the_upstream_request(webchat, upstream):
-    upstream.set_faults({"slow_first_byte": {"rate": 1.0, "delay_s": 10.0}})
+    first_byte_s = 10.0
+    upstream.set_faults({"slow_first_byte": {"rate": 1.0, "delay_s": first_byte_s}})
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=0.5)) as impatient:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
             await impatient.post(webchat.chat_url, json={"message": "hi"})
     gave_up = time.monotonic()
+    # look for the disconnect only until shortly before the slow first byte is due: an app that waited on would
+    # see its answer through then, with no disconnect, so a disconnect in this window is the app cancelling
     for _ in range(400):
-        if upstream.stats()["disconnects"] >= 1 or time.monotonic() - gave_up > 8:
+        if upstream.stats()["disconnects"] >= 1 or time.monotonic() - gave_up > first_byte_s - 2:
             break
         await asyncio.sleep(0.02)
-    waited = time.monotonic() - gave_up
     assert upstream.stats()["disconnects"] == 1
-    assert waited < 3  # long before the 10 s first byte: the app cancelled its wait, and so the upstream request
     recent = webchat.stats()["recent"][-1]
     assert recent["outcome"] == "cancelled" and recent["chunks"] == 0
     upstream.reset()

@@ -1,6 +1,6 @@
 """Sentence embeddings for the semantic cache: all-MiniLM-L6-v2 as int8 ONNX on onnxruntime, offline.
 
-Why this route (DESIGN §4 has the measurements):
+Why this route (measured on this project's 2-core machine):
 
 - The reference model is sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0): BERT tokenizer, 6 layers,
   384 dimensions, mean pooling over tokens, L2 normalisation.

@@ -2,8 +2,9 @@
 
 Sentence embeddings place "convert Celsius to Fahrenheit" and "convert Fahrenheit to Celsius" at cosine 0.995:
 they encode *topic*, not the roles, numbers, names and polarity that decide the answer. A threshold alone
-cannot separate them (DESIGN §4 measured 30% false hits at 0.95). This guard vetoes a candidate hit when the two
-texts differ in one of those respects, with simple lexical rules that are easy to read and to audit:
+cannot separate them (a prototype measured 30% false hits at 0.95: docs/ARCHITECTURE.md). This guard vetoes
+a candidate hit when the two texts differ in one of those respects, with simple lexical rules that are easy to
+read and to audit:
 
 - `other_number`: the numbers differ (digits, number words, ordinals, Roman numerals from II up);
 - `negation`: one is negated and the other not (not, no, never, n't, without ...);

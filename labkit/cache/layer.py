@@ -6,14 +6,17 @@ it has left. A miss goes upstream once per key at a time (stampede protection: l
 keyed by the full cache key), and the answer is written to every tier with a TTL that carries jitter, so entries
 written together do not all expire in the same second.
 
-Keys: ``namespace : tenant-hash : p|s : fingerprint``. The fingerprint is the request's canonical key (model,
-messages, every generation parameter). The tenant is a SHA-256 of the API key (or of an explicit tenant id),
+Keys: ``namespace : tenant : p|s : fingerprint``, the request's `labkit.scope.Scope`. The fingerprint is the
+request's canonical key (model, messages, every generation parameter). The tenant is a keyed hash of the API key
+(the layer's default, which `build_chain` takes from the chain's endpoints, or the one a request's controls name),
 never the key in clear, so one tenant's answer is never served to another and a dump of Redis leaks no secret.
+An answer a balancer got from a fallback model is stored under that model's key, not the one asked for.
 Plain and streamed answers are stored apart: a stream entry keeps its chunks and their timing for replay.
 
 Per-request controls (`ChatRequest.controls`, as LLM gateways offer them):
 ``no_cache`` (do not read), ``no_store`` (do not write), ``cache_ttl`` (seconds), ``cache_namespace``,
-``tenant`` or ``api_key`` (the scope), ``cache_replay`` (``"instant"``, ``"paced"`` or ``"merged"``); LiteLLM's spelling
+``tenant``, ``api_key`` or an ``Authorization`` header in ``headers`` (the tenant), ``cache_replay``
+(``"instant"``, ``"paced"`` or ``"merged"``); LiteLLM's spelling
 ``cache={"no-cache": True, "no-store": True, "ttl": 60, "namespace": "docs"}`` is accepted too.
 Sampled requests (temperature > 0, the API default) are not cached unless `cache_sampled=True`.
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import random
 import time
@@ -43,6 +45,7 @@ from labkit.chain import Handler, Result
 from labkit.dedup.policy import SamplingPolicy, is_sampled
 from labkit.dedup.singleflight import SingleFlight
 from labkit.request import ChatRequest
+from labkit.scope import Scope, Scoping, fingerprint_for, request_tenant, served_model, tenant_of
 from labkit.stream import ChunkStream
 
 log = logging.getLogger("labkit.cache")
@@ -50,14 +53,13 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
-def tenant_hash(secret: str) -> str:
-    """The tenant scope of an API key or tenant id: 16 hex digits of SHA-256, never the secret itself."""
-    return hashlib.sha256(b"labkit-cache-tenant\0" + secret.encode("utf-8")).hexdigest()[:16]
+#: The tenant of an API key or tenant id (`labkit.scope.tenant_of`): a keyed hash, never the secret itself.
+tenant_hash = tenant_of
 
 
 @dataclasses.dataclass(frozen=True)
 class CacheControls:
-    """What one request asks of the cache (parsed from `ChatRequest.controls`)."""
+    """What one request asks of the cache (parsed from `ChatRequest.controls`); `tenant` is already hashed."""
 
     no_cache: bool = False
     no_store: bool = False
@@ -88,11 +90,8 @@ class CacheControls:
             raise ValueError(f"cache control 'namespace' must be a non-empty string without ':', not {namespace!r}")
         if replay_pace is not None and replay_pace not in REPLAY_PACES:
             raise ValueError(f"cache control 'replay' must be one of {', '.join(REPLAY_PACES)}, not {replay_pace!r}")
-        tenant = controls.get("tenant")
-        secret = tenant if tenant is not None else controls.get("api_key")
-        if secret is not None and (not isinstance(secret, str) or not secret):
-            raise ValueError("controls 'tenant' / 'api_key' must be a non-empty string")
-        return cls(no_cache, no_store, float(ttl) if ttl is not None else None, namespace, secret, replay_pace)
+        tenant = request_tenant(controls, "") or None  # hashed here: no raw key is kept past this call
+        return cls(no_cache, no_store, float(ttl) if ttl is not None else None, namespace, tenant, replay_pace)
 
 
 NO_CONTROLS = CacheControls()
@@ -163,6 +162,7 @@ class CacheLayer:
         ttl_s: float = 3600.0,
         jitter: float = 0.1,
         api_key: str | None = None,
+        scoping: Scoping | None = None,
         namespace: str = "default",
         replay_pace: ReplayPace = "instant",
         stampede_protection: bool = True,
@@ -188,8 +188,8 @@ class CacheLayer:
         self.retry_after_s = retry_after_s
         self.op_timeout_s = op_timeout_s
         self.stats = CacheStats(tiers={t.name: TierStats() for t in self.tiers})
-        self._default_tenant = tenant_hash(api_key) if api_key else "public"
-        self._tenants: dict[str, str] = {}
+        # the default tenant, hashed at once: the layer keeps no raw key (and no map of them)
+        self.scoping = scoping if scoping is not None else Scoping(api_key=api_key, namespace=namespace)
         self._health = {t.name: _Health() for t in self.tiers}
         self._random = random.Random(seed)
         self._background: set[asyncio.Task[Any]] = set()
@@ -199,14 +199,17 @@ class CacheLayer:
 
     # -- keys ----------------------------------------------------------------------------------------------
 
-    def cache_key(self, request: ChatRequest, controls: CacheControls | None = None) -> str:
-        """``namespace:tenant-hash:p|s:fingerprint`` for a request."""
+    def scope(self, request: ChatRequest, controls: CacheControls | None = None, model: str | None = None) -> Scope:
+        """The request's scope; `model` is the model that served it, when a fallback did."""
         ctl = controls if controls is not None else CacheControls.of(request.controls)
-        if ctl.tenant is None:
-            tenant = self._default_tenant
-        else:
-            tenant = self._tenants.get(ctl.tenant) or self._tenants.setdefault(ctl.tenant, tenant_hash(ctl.tenant))
-        return f"{ctl.namespace or self.namespace}:{tenant}:{'s' if request.stream else 'p'}:{request.key}"
+        tenant, namespace = ctl.tenant or self.scoping.tenant, ctl.namespace or self.namespace
+        if model is None or model == request.model:
+            return Scope(tenant, namespace, request.model, request.key)
+        return Scope(tenant, namespace, model, fingerprint_for(request, model))
+
+    def cache_key(self, request: ChatRequest, controls: CacheControls | None = None, model: str | None = None) -> str:
+        """``namespace:tenant:p|s:fingerprint`` for a request (served by `model`, when a fallback served it)."""
+        return self.scope(request, controls, model).key("s" if request.stream else "p")
 
     def ttl_for(self, controls: CacheControls) -> float:
         """The TTL of a new entry: the request's or the layer's, times a jitter factor in [1 - j, 1 + j]."""
@@ -250,6 +253,9 @@ class CacheLayer:
         result = await call_next(request)
         if ctl.no_store:
             return result
+        served = served_model(result)
+        if served is not None and served != request.model:  # a fallback's answer: stored under the model that served it
+            key = self.cache_key(request, ctl, served)
         ttl = self.ttl_for(ctl)
         if isinstance(result, ChunkStream):
             if not request.stream:  # a plain request answered from a lower layer's stream

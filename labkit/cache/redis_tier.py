@@ -24,6 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from labkit.cache.base import Entry, decode
 
 
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern: a prefix such as `app[1]:` must not match `app1:` keys."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 class _Slots:
     """`async with slots:` holds one of `size` slots, waiting at most `timeout_s` (then `redis.ConnectionError`).
 
@@ -102,9 +107,9 @@ class RedisTier:
             await self.client.delete(self.prefix + key)
 
     async def clear(self) -> None:
-        """Delete this tier's keys only (SCAN by prefix; never FLUSHDB on a server others may share)."""
+        """Delete this tier's keys only (SCAN by prefix, taken literally; never FLUSHDB on a server others share)."""
         batch: list[bytes] = []
-        async for name in self.client.scan_iter(match=self.prefix + "*", count=500):
+        async for name in self.client.scan_iter(match=glob_escape(self.prefix) + "*", count=500):
             batch.append(name)
             if len(batch) >= 500:
                 await self.client.unlink(*batch)
@@ -119,4 +124,4 @@ class RedisTier:
         return f"RedisTier({self.prefix!r})"
 
 
-__all__ = ["RedisTier"]
+__all__ = ["RedisTier", "glob_escape"]

@@ -4,8 +4,9 @@ A cache hit on a stream that arrives all at once makes a dashboard's time to fir
 is true for the user but hides how long a miss takes; replaying at the original pace keeps TTFT and duration
 figures comparable, at the cost of the saving in time (the saving in money stays). Paced replay schedules each
 chunk against an absolute deadline (start + recorded offset) rather than sleeping each interval, so event-loop
-lag does not pile up (DESIGN §4). The replayed chunks are the recorded ones (shared: treat them as read-only);
-only `ChunkStream.info` tells a replay (`source="cache"`, `cache_replay=<pace>`) from a live stream.
+lag does not pile up (docs/ARCHITECTURE.md, "Measurements behind the design"). The replayed chunks are the
+recorded ones (shared: treat them as read-only); only `ChunkStream.info` tells a replay (`source="cache"`,
+`cache_replay=<pace>`) from a live stream.
 
 `"merged"` sends the same answer at once as one chunk (role, the whole text and the finish reason) and the usage
 chunk, as LiteLLM does for a cached stream: the caller reads the same text and usage, and a busy process iterates

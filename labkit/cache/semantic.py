@@ -17,7 +17,14 @@ How it decides, for a plain request whose exact key missed:
 
 The threshold is chosen on the tuning part of `data/paraphrases.jsonl` (`choose_threshold`) and `evaluate`
 reports the false-hit rate and recall on the held-out part with Wilson confidence intervals. Streams and sampled
-requests are passed through (a semantic hit on a stream could replay it, but the lesson keeps the two apart).
+requests are passed through (lesson 04 keeps the two apart), unless `streams=True` (the assembled chain's
+setting): then a hit on a streamed request is replayed as a short stream and a completed stream is stored.
+
+Bounded memory: a chat application makes a new scope for every turn of every conversation, so the scopes are
+kept in LRU order and at most `max_scopes` of them are held; all scopes together hold at most `max_entries` rows
+(the least recently used scopes go first, then a scope's own oldest rows). A scope's matrix starts at one row and
+doubles as it fills, since most scopes of a chat only ever hold one. Every `purge_every` stores, expired rows are
+dropped and scopes left empty with them.
 """
 
 from __future__ import annotations
@@ -27,24 +34,25 @@ import dataclasses
 import json
 import math
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.cache.embeddings import Embedder, default_embedder
 from labkit.cache.guard import veto
-from labkit.cache.layer import CacheControls, fresh_copy, tenant_hash
+from labkit.cache.layer import CacheControls, fresh_copy
 from labkit.chain import Handler, Result
 from labkit.data import data_path
 from labkit.dedup.policy import is_sampled
 from labkit.fingerprint import fingerprint
 from labkit.request import ChatRequest
-from labkit.stream import ChunkStream
+from labkit.scope import Scope, Scoping, served_model
+from labkit.stream import ChunkStream, assemble, completion_chunks
 
 #: Chosen on the tuning split by `choose_threshold` (the test checks that it still is).
 DEFAULT_THRESHOLD = 0.89
@@ -52,17 +60,27 @@ PAIRS_FILE = "paraphrases.jsonl"
 
 
 class VectorIndex:
-    """Normalised float32 rows in one growing matrix; top-k by inner product; oldest evicted past `max_entries`."""
+    """Normalised float32 rows in one growing matrix; top-k by inner product; oldest evicted past `max_entries`.
 
-    def __init__(self, dimensions: int, max_entries: int = 100_000) -> None:
+    The matrix starts at `initial_rows` and doubles when full (an index that only ever holds one row, as most
+    scopes of a chat do, costs one row, not a preallocated block)."""
+
+    def __init__(self, dimensions: int, max_entries: int = 100_000, initial_rows: int = 1) -> None:
+        if max_entries < 1 or initial_rows < 1:
+            raise ValueError("max_entries and initial_rows must be positive")
         self.dimensions = dimensions
         self.max_entries = max_entries
-        self._vectors = np.zeros((min(1024, max_entries), dimensions), dtype=np.float32)
+        self._vectors = np.zeros((min(initial_rows, max_entries), dimensions), dtype=np.float32)
         self._payloads: list[Any] = []
         self._start = 0  # ring buffer start once full
 
     def __len__(self) -> int:
         return len(self._payloads)
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (at least `len`; doubles when full, up to `max_entries`)."""
+        return len(self._vectors)
 
     def add(self, vector: np.ndarray, payload: Any) -> Any:
         """Add a row; returns the payload it evicted (the oldest, once full), else None."""
@@ -84,6 +102,28 @@ class VectorIndex:
     def add_many(self, vectors: np.ndarray, payloads: Sequence[Any]) -> None:
         for vector, payload in zip(vectors, payloads, strict=True):
             self.add(vector, payload)
+
+    def payloads(self) -> list[Any]:
+        """Every row's payload, oldest first."""
+        return self._payloads[self._start :] + self._payloads[: self._start]
+
+    def drop(self, doomed: Callable[[Any], bool]) -> list[Any]:
+        """Remove the rows whose payload `doomed` accepts (the matrix shrinks to fit); returns their payloads."""
+        n = len(self._payloads)
+        keep: list[int] = []
+        dropped: list[Any] = []
+        for i in [*range(self._start, n), *range(self._start)]:  # oldest first, so the ring restarts in order
+            if doomed(self._payloads[i]):
+                dropped.append(self._payloads[i])
+            else:
+                keep.append(i)
+        if dropped:
+            vectors = np.zeros((max(1, len(keep)), self.dimensions), dtype=np.float32)
+            vectors[: len(keep)] = self._vectors[keep]
+            self._vectors = vectors
+            self._payloads = [self._payloads[i] for i in keep]
+            self._start = 0
+        return dropped
 
     def search(self, vector: np.ndarray, k: int = 5, min_score: float = -1.0) -> list[tuple[float, Any]]:
         """The `k` best rows (score, payload) with a score of at least `min_score`, best first."""
@@ -112,6 +152,8 @@ class SemanticStats:
     bypassed: int = 0
     stored: int = 0
     vetoed: Counter[str] = dataclasses.field(default_factory=Counter)
+    expired: int = 0  # rows dropped by a purge once past their TTL
+    scopes_evicted: int = 0  # least recently used scopes dropped to keep within the bounds
     embeds: int = 0
     embeds_reused: int = 0  # served from the LRU of vectors by text
     embed_s: float = 0.0
@@ -143,36 +185,52 @@ class SemanticCache:
         guard: bool = True,
         top_k: int = 5,
         max_entries: int = 10_000,
+        max_scopes: int = 1024,
+        purge_every: int = 1000,
         ttl_s: float = 3600.0,
         api_key: str | None = None,
+        scoping: Scoping | None = None,
         namespace: str = "default",
         cache_sampled: bool = False,
         embed_in_thread: bool = True,
         embed_cache_size: int = 4096,
+        streams: bool = False,
         on_hit: Callable[[str, str, float], None] | None = None,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError("threshold is a cosine similarity: between -1 and 1")
+        if max_entries < 1 or max_scopes < 1 or purge_every < 1:
+            raise ValueError("max_entries, max_scopes and purge_every must be positive")
         self.embedder = embedder or default_embedder()
         self.threshold = threshold
         self.guard = guard
         self.top_k = top_k
-        self.max_entries = max_entries
+        self.max_entries = max_entries  # rows, across all scopes
+        self.max_scopes = max_scopes
+        self.purge_every = purge_every
         self.ttl_s = ttl_s
         self.namespace = namespace
         self.cache_sampled = cache_sampled
         self.embed_in_thread = embed_in_thread
         self._vectors: LRUCache[str, np.ndarray] | None = LRUCache(embed_cache_size) if embed_cache_size else None
         self.on_hit = on_hit
+        self.streams = streams
         self.stats = SemanticStats()
-        self._default_tenant = tenant_hash(api_key) if api_key else "public"
-        self._indexes: dict[str, VectorIndex] = {}
+        self._default_tenant = (scoping or Scoping(api_key=api_key)).tenant  # hashed: no raw key is kept
+        self._indexes: OrderedDict[str, VectorIndex] = OrderedDict()  # least recently used scope first
         self._by_text: dict[tuple[str, str], _Stored] = {}  # (scope, text) -> its newest row, while it is indexed
+        self._rows = 0  # rows in all indexes
+        self._stores_since_purge = 0
 
-    def scope_of(self, request: ChatRequest, controls: CacheControls) -> str:
-        context = fingerprint(request.model, list(request.messages[:-1]), request.params)
-        tenant = tenant_hash(controls.tenant) if controls.tenant else self._default_tenant
-        return f"{controls.namespace or self.namespace}:{tenant}:{context}"
+    def scope_of(self, request: ChatRequest, controls: CacheControls, model: str | None = None) -> str:
+        """The request's `Scope` with everything but the last user message as its fingerprint, as a key.
+
+        `model` is the model that served the answer when a balancer's fallback did (`labkit.scope.served_model`).
+        """
+        model = model or request.model
+        context = fingerprint(model, list(request.messages[:-1]), request.params)
+        tenant = controls.tenant or self._default_tenant  # `CacheControls` holds the request's tenant hashed
+        return Scope(tenant, controls.namespace or self.namespace, model, context).key("m")
 
     async def embed(self, text: str) -> np.ndarray:
         """The text's vector: from the LRU when this text was embedded recently, else from the model."""
@@ -196,6 +254,7 @@ class SemanticCache:
         index = self._indexes.get(scope)
         if index is None:
             return None
+        self._indexes.move_to_end(scope)
         now = time.time()
         for score, stored in index.search(vector, self.top_k, self.threshold):
             if stored.expires_at <= now:
@@ -219,17 +278,61 @@ class SemanticCache:
         index = self._indexes.get(scope)
         if index is None:
             index = self._indexes[scope] = VectorIndex(len(vector), self.max_entries)
+        else:
+            self._indexes.move_to_end(scope)
         stored = _Stored(text, completion, time.time() + ttl_s)
         evicted = index.add(vector, stored)
         self._by_text[(scope, text)] = stored
-        if evicted is not None and self._by_text.get((scope, evicted.text)) is evicted:
-            del self._by_text[(scope, evicted.text)]
+        if evicted is None:
+            self._rows += 1
+        else:
+            self._forget(scope, evicted)
         self.stats.stored += 1
+        self._stores_since_purge += 1
+        if self._stores_since_purge >= self.purge_every:
+            self.purge()
+        self._keep_within_bounds()
+
+    def _forget(self, scope: str, stored: _Stored) -> None:
+        if self._by_text.get((scope, stored.text)) is stored:
+            del self._by_text[(scope, stored.text)]
+
+    def _keep_within_bounds(self) -> None:
+        """Drop least recently used scopes past `max_scopes` scopes or `max_entries` rows (never the last one)."""
+        while len(self._indexes) > self.max_scopes or (self._rows > self.max_entries and len(self._indexes) > 1):
+            scope, index = self._indexes.popitem(last=False)
+            for stored in index.payloads():
+                self._forget(scope, stored)
+            self._rows -= len(index)
+            self.stats.scopes_evicted += 1
+
+    def purge(self, now: float | None = None) -> int:
+        """Drop expired rows, and scopes left empty; returns how many rows (`add` calls it every `purge_every`)."""
+        now = time.time() if now is None else now
+        dropped_rows = 0
+        for scope, index in list(self._indexes.items()):
+            dropped = index.drop(lambda stored: stored.expires_at <= now)
+            for stored in dropped:
+                self._forget(scope, stored)
+            dropped_rows += len(dropped)
+            if not len(index):
+                del self._indexes[scope]
+        self._rows -= dropped_rows
+        self.stats.expired += dropped_rows
+        self._stores_since_purge = 0
+        return dropped_rows
+
+    @property
+    def scopes(self) -> int:
+        """How many scopes are held."""
+        return len(self._indexes)
 
     def __len__(self) -> int:
-        return sum(len(i) for i in self._indexes.values())
+        return self._rows
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+        if request.stream and self.streams:
+            return await self.serve_stream(request, call_next)
         self.stats.requests += 1
         ctl = CacheControls.of(request.controls)
         text = last_user_text(request)
@@ -249,8 +352,62 @@ class SemanticCache:
         if isinstance(result, ChunkStream):
             result = await result.collect()
         if not ctl.no_store:
+            if (served := served_model(result)) is not None and served != request.model:
+                scope = self.scope_of(request, ctl, served)  # a fallback's answer, under the model that served it
             self.add(scope, text, vector, result, ctl.ttl_s or self.ttl_s)
         return result
+
+    async def serve_stream(self, request: ChatRequest, call_next: Handler) -> Result:
+        """A streamed request (with `streams=True`): a hit is replayed as one short stream (the role, the text and
+        the finish in one chunk, then the usage); a miss is passed on and its answer stored once it completed."""
+        self.stats.requests += 1
+        ctl = CacheControls.of(request.controls)
+        text = last_user_text(request)
+        if text is None or (is_sampled(request) and not self.cache_sampled):
+            self.stats.bypassed += 1
+            return await call_next(request)
+        scope = self.scope_of(request, ctl)
+        vector = await self.embed(text)
+        if not ctl.no_cache and (found := self.match(scope, text, vector)) is not None:
+            stored, score = found
+            self.stats.hits += 1
+            if self.on_hit is not None:
+                self.on_hit(text, stored.text, score)
+            chunks = completion_chunks(stored.completion)
+
+            async def replay() -> AsyncIterator[ChatCompletionChunk]:
+                for chunk in chunks:
+                    yield chunk
+
+            return ChunkStream(replay(), info={"source": "cache", "cache_tier": "semantic", "semantic_score": score})
+        self.stats.misses += 1
+        result = await call_next(request)
+        if ctl.no_store:
+            return result
+        if (served := served_model(result)) is not None and served != request.model:
+            scope = self.scope_of(request, ctl, served)  # a fallback's answer, under the model that served it
+        if isinstance(result, ChatCompletion):
+            self.add(scope, text, vector, result, ctl.ttl_s or self.ttl_s)
+            return result
+        if self.knows(scope, text):  # a coalesced copy of an answer being stored already
+            return result
+
+        async def keep(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+            seen: list[ChatCompletionChunk] = []
+            finished = False
+            async for chunk in chunks:
+                seen.append(chunk)
+                finished = finished or any(c.finish_reason for c in chunk.choices)
+                yield chunk
+            if finished and not self.knows(scope, text):  # only a complete answer, and only once
+
+                async def again() -> AsyncIterator[ChatCompletionChunk]:
+                    for chunk in seen:
+                        yield chunk
+
+                self.add(scope, text, vector, await assemble(again()), ctl.ttl_s or self.ttl_s)
+
+        return result.wrap(keep)
 
 
 # -- measuring the threshold and the guard on labelled pairs -------------------------------------------------

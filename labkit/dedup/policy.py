@@ -6,6 +6,10 @@ generation parameters. `ChatRequest.key` is that canonical fingerprint. What it 
 ...). A caller can mark further parameters as volatile for one request with `controls={"volatile": [...]}`
 (for example a tracing field sent through `extra_body`); `key_of` honours that mark.
 
+The fingerprint alone knows nothing of who sends the request: two tenants asking the same question have the
+same fingerprint, but must never share an answer or an error. The layers therefore share by the request's
+scope (`labkit.scope.Scope`: tenant, namespace, model and fingerprint), never by `key_of` alone.
+
 Temperature above zero is a policy decision, not a detail: two sampled answers to the same prompt are
 *supposed* to differ. `SamplingPolicy` makes the decision explicit and configurable:
 
@@ -29,7 +33,9 @@ SamplingMode = Literal["skip", "share", "samples"]
 
 
 def key_of(request: ChatRequest) -> str:
-    """The request's canonical fingerprint (`ChatRequest.key`, which honours volatile marks in its controls)."""
+    """The request's canonical fingerprint (`ChatRequest.key`, which honours volatile marks in its controls).
+
+    Tenant-blind: a layer that shares between requests keys on `labkit.scope.Scoping.of(request)` instead."""
     return request.key
 
 

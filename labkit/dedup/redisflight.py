@@ -1,6 +1,7 @@
 """Coalescing across processes through Redis: several workers behind one Redis send one upstream call.
 
-For a request with fingerprint `k` (all keys under `namespace`):
+For a request with scope `k` (`labkit.scope.Scope`: tenant, namespace, model, fingerprint; all keys under
+`namespace`), so two tenants never share a flight, its answer or its error:
 
 1. ``GET result:k``: a result stored in the last `result_ttl_s` seconds is served (a late subscriber must
    not miss the answer it was waiting for);
@@ -36,8 +37,9 @@ from openai.types.chat import ChatCompletion
 from redis.asyncio import Redis
 
 from labkit.chain import Handler, Result
-from labkit.dedup.policy import SamplingPolicy, key_of
+from labkit.dedup.policy import SamplingPolicy
 from labkit.request import ChatRequest
+from labkit.scope import Scoping, mark_served, served_model
 from labkit.stream import ChunkStream
 
 # KEYS: lock. ARGV: token, ttl (ms). Returns {1, token} to the new leader, else {0, the leader's token}.
@@ -76,7 +78,10 @@ class UpstreamError(RuntimeError):
 
 
 def encode_result(completion: ChatCompletion) -> bytes:
-    return orjson.dumps({"result": completion.model_dump(mode="json")})
+    document: dict[str, Any] = {"result": completion.model_dump(mode="json")}
+    if (served := served_model(completion)) is not None:  # a fallback's answer says which model served it
+        document["served_model"] = served
+    return orjson.dumps(document)
 
 
 def encode_error(error: BaseException) -> bytes:
@@ -96,7 +101,10 @@ def decode(payload: bytes) -> ChatCompletion | None:
     """The completion in a payload; raises `UpstreamError` for an error, returns None for "start over"."""
     document: dict[str, Any] = orjson.loads(payload)
     if "result" in document:
-        return ChatCompletion.model_validate(document["result"])
+        completion = ChatCompletion.model_validate(document["result"])
+        if isinstance(served := document.get("served_model"), str):
+            mark_served(completion, served)
+        return completion
     if "error" in document:
         error = document["error"]
         raise UpstreamError(
@@ -125,14 +133,19 @@ class RedisFlightStats:
 
 
 class RedisSingleFlight:
-    """Coalesce identical plain requests across processes that share one Redis."""
+    """Coalesce identical plain requests of one scope across processes that share one Redis.
+
+    `scoping` gives each request its tenant (default: from the request's controls, else "public"); `key`
+    replaces the scope rule with another one that must still separate tenants.
+    """
 
     def __init__(
         self,
         redis: Redis,
         *,
         policy: SamplingPolicy | None = None,
-        key: Callable[[ChatRequest], str] = key_of,
+        key: Callable[[ChatRequest], str] | None = None,
+        scoping: Scoping | None = None,
         namespace: str = "labkit:sf",
         lock_ttl_s: float = 10.0,
         result_ttl_s: float = 5.0,
@@ -141,7 +154,8 @@ class RedisSingleFlight:
     ) -> None:
         self.redis = redis
         self.policy = policy or SamplingPolicy()
-        self.key = key
+        self.scoping = scoping if scoping is not None else Scoping()
+        self.key: Callable[[ChatRequest], str] = key if key is not None else self.scope_key
         self.namespace = namespace
         self.lock_ttl_ms = max(1, int(lock_ttl_s * 1000))
         self.result_ttl_ms = max(1, int(result_ttl_s * 1000))
@@ -158,6 +172,10 @@ class RedisSingleFlight:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+    def scope_key(self, request: ChatRequest) -> str:
+        """The request's scope (`labkit.scope.Scope`) as a key: namespace, tenant, model and fingerprint."""
+        return self.scoping.of(request).key("f")
 
     def names(self, key: str) -> tuple[str, str, str]:
         """The lock key, the result key and the channel of one fingerprint."""

@@ -1,7 +1,8 @@
 """In-flight coalescing ("single-flight") as a chain layer.
 
-When identical requests (same fingerprint) are in flight at the same time, one goes upstream and every caller
-gets its result. The upstream call runs in a task of its own, so no single caller owns it:
+When identical requests of one scope (same tenant and fingerprint: `labkit.scope.Scope`) are in flight at the
+same time, one goes upstream and every caller gets its result. Two tenants never share a flight, so one tenant's
+401 or quota error cannot reach another. The upstream call runs in a task of its own, so no single caller owns it:
 
 - a caller that is cancelled (or closes its stream early) leaves; the others keep waiting, and the upstream
   call is cancelled only when the last waiter has left;
@@ -26,8 +27,9 @@ from typing import Any
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.chain import Handler, Result
-from labkit.dedup.policy import SamplingPolicy, key_of
+from labkit.dedup.policy import SamplingPolicy
 from labkit.request import ChatRequest
+from labkit.scope import Scoping, copy_served
 from labkit.stream import ChunkStream
 
 
@@ -87,22 +89,30 @@ class _Flight:
 class SingleFlight:
     """Coalesce identical in-flight requests into one upstream call (plain or streamed).
 
-    `policy` decides what happens to sampled requests (temperature > 0, the API default); `key` maps a
-    request to its fingerprint (default: `key_of`, the canonical fingerprint honouring volatile marks).
+    `policy` decides what happens to sampled requests (temperature > 0, the API default). Requests share a flight
+    when they have the same scope under `scoping` (default: tenant and namespace from the request's controls,
+    else "public"; `build_chain` passes its endpoints' tenant); `key` replaces that rule with another one that
+    must still separate tenants (the cache's stampede protection passes its cache key).
     """
 
     def __init__(
         self,
         policy: SamplingPolicy | None = None,
         *,
-        key: Callable[[ChatRequest], str] = key_of,
+        key: Callable[[ChatRequest], str] | None = None,
+        scoping: Scoping | None = None,
         copy_results: bool = True,
     ) -> None:
         self.policy = policy or SamplingPolicy()
-        self.key = key
+        self.scoping = scoping if scoping is not None else Scoping()
+        self.key: Callable[[ChatRequest], str] = key if key is not None else self.scope_key
         self.copy_results = copy_results
         self.stats = SingleFlightStats()
         self._flights: dict[str, _Flight] = {}
+
+    def scope_key(self, request: ChatRequest) -> str:
+        """The request's scope (`labkit.scope.Scope`) as a key: tenant, namespace, model and fingerprint."""
+        return self.scoping.of(request).key("f")
 
     @property
     def in_flight(self) -> int:
@@ -190,7 +200,9 @@ class SingleFlight:
             self._leave(flight, seat)
         if leader or not self.copy_results:
             return result
-        return _copy(result)
+        copied = _copy(result)
+        copy_served(result, copied)  # which model served it (a balancer's fallback) travels with the copy
+        return copied
 
     # -- streams -------------------------------------------------------------------------------------------
 

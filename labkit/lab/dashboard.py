@@ -1,12 +1,12 @@
 """A live dashboard in the notebook: plotly figure widgets updated while a load runs, and a static twin.
 
-Six panels from one `Metrics`: throughput (requests/s), latency p50/p95/p99 and TTFB p95 against the 1 s SLO
-(over the last `window_s` seconds, from the sketches), error rate, cache hit rate (same window) and cumulative
-spend. The widget rules of DESIGN §5, in code: `start()` runs the sampling loop as an asyncio task on the
-kernel's loop (the cell returns at once; a later cell awaits `stop()`); the task changes the figure only by
-assigning trace data inside `batch_update()` (one message per refresh, never `print`); under papermill the
-task runs the same way and `figure()` gives a static `go.Figure` of what was sampled, which saved notebooks and
-reports can show without a widget manager.
+Six panels from one `Metrics`: throughput (requests/s), latency p50/p95/p99 and TTFB p95 against the 1 s SLO (over
+the last `window_s` seconds, from the sketches), error rate, cache hit rate (same window) and cumulative spend. The
+widget rules of docs/ARCHITECTURE.md ("Notebooks"), in code: `start()` runs the sampling loop as an asyncio task on
+the kernel's loop (the cell returns at once; a later cell awaits `stop()`); the task changes the figure only by
+assigning trace data inside `batch_update()` (one message per refresh, never `print`); under papermill the task runs
+the same way and `figure()` gives a static `go.Figure` of what was sampled, which saved notebooks and reports can
+show without a widget manager.
 """
 
 from __future__ import annotations

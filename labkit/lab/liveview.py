@@ -1,6 +1,6 @@
 """Live views of streamed answers in a notebook: text as it arrives, TTFT, tokens/s, a Stop button.
 
-The rules of DESIGN §5, in code:
+The widget rules of docs/ARCHITECTURE.md ("Notebooks"), in code:
 
 - The stream runs as an `asyncio` task on the kernel's loop, started in one cell (`pane.start(...)`, which
   returns at once) and awaited in a later one (`await pane.result()`). While a cell runs, the kernel does not

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (labkit/lab/report.py)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 

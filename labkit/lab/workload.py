@@ -20,9 +20,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self, TypeVar
 
 from labkit.data import data_path, load_prompts
+
+T = TypeVar("T")
 
 #: Who an answer is for: the system message that, with the prompt, makes a distinct request.
 AUDIENCES: tuple[str, ...] = (
@@ -39,9 +41,29 @@ AUDIENCES: tuple[str, ...] = (
 )
 
 
+class SpecFile:
+    """Parameters whose defaults and notes live in a JSON file of `data/` (`DATA_FILE`); for frozen dataclasses."""
+
+    DATA_FILE: ClassVar[str]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
+        """The spec in the data file (or `path`), with keyword overrides (None leaves a value as it is)."""
+        raw = json.loads(Path(path or data_path(cls.DATA_FILE)).read_text(encoding="utf-8"))
+        names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in raw.items() if k in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclasses.dataclass(frozen=True)
-class ZipfSpec:
+class ZipfSpec(SpecFile):
     """The parameters of a Zipf workload (defaults and notes in `data/workload_zipf.json`)."""
+
+    DATA_FILE: ClassVar[str] = "workload_zipf.json"
 
     n_requests: int = 200
     n_distinct: int = 400
@@ -56,25 +78,18 @@ class ZipfSpec:
         if self.exponent < 0 or self.burst_gap_s < 0:
             raise ValueError("exponent and burst_gap_s must not be negative")
 
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> ZipfSpec:
-        """The spec in `data/workload_zipf.json` (or `path`), with keyword overrides (None leaves a value)."""
-        with open(path or data_path("workload_zipf.json"), encoding="utf-8") as f:
-            raw: dict[str, Any] = json.load(f)
-        names = {field.name for field in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> ZipfSpec:
-        return dataclasses.replace(self, **changes)
-
 
 def zipf_weights(n_distinct: int, exponent: float) -> list[float]:
     """Probability of each popularity rank (rank 1 first)."""
     raw = [1.0 / (rank**exponent) for rank in range(1, n_distinct + 1)]
     total = sum(raw)
     return [w / total for w in raw]
+
+
+def zipf_choices(rng: random.Random, ranked: Sequence[T], exponent: float, k: int) -> list[T]:
+    """`k` draws from `ranked` (most popular first) with Zipf popularity: the one generator every lab workload
+    uses (the de-dup, caching and capstone lessons), so "exponent 1.1" means the same skew in all of them."""
+    return rng.choices(ranked, weights=zipf_weights(len(ranked), exponent), k=k)
 
 
 def expected_duplicate_share(spec: ZipfSpec) -> float:
@@ -152,7 +167,7 @@ def zipf_workload(spec: ZipfSpec, prompts: Sequence[str] | None = None) -> Workl
         raise ValueError(f"n_distinct={spec.n_distinct} but only {len(pool)} distinct requests can be made")
     rng = random.Random(spec.seed)
     chosen = rng.sample(pool, spec.n_distinct)  # chosen[rank - 1] is the request of that popularity rank
-    ranks = rng.choices(range(spec.n_distinct), weights=zipf_weights(spec.n_distinct, spec.exponent), k=spec.n_requests)
+    ranks = zipf_choices(rng, range(spec.n_distinct), spec.exponent, spec.n_requests)
     arrivals = tuple(
         Arrival(index=i, at_s=(i // spec.burst_size) * spec.burst_gap_s, prompt_id=rank, burst=i // spec.burst_size)
         for i, rank in enumerate(ranks)
@@ -220,9 +235,12 @@ __all__ = [
     "Arrival",
     "Outcome",
     "SimCallCounter",
+    "SpecFile",
     "Workload",
     "ZipfSpec",
     "expected_duplicate_share",
     "replay",
+    "zipf_choices",
+    "zipf_weights",
     "zipf_workload",
 ]

@@ -12,7 +12,9 @@ endpoint has its own breaker and its own timeouts. For every request the balance
    `request.controls["avoid_endpoints"]` (the retry and hedge layers put the endpoints they already tried there;
    if every available backend is to be avoided, the request still goes to one of them);
 3. lets the strategy choose among those, sends the request (with the backend's model if it has one) and appends
-   the backend's name to `request.controls["route_log"]` when the caller passed a list there.
+   the backend's name to `request.controls["route_log"]` when the caller passed a list there. A result served
+   with another model than the one asked for says so (`labkit.scope.served_model`), so a cache above stores the
+   fallback's answer under the fallback model, not under the primary one a later caller asks for.
 
 Strategies (`strategy=` a name or an object with `choose(backends, rng)`):
 
@@ -46,6 +48,7 @@ from labkit.attempt import is_first_token
 from labkit.chain import Handler, Result
 from labkit.errors import NoBackendAvailable
 from labkit.request import ChatRequest
+from labkit.scope import mark_served
 from labkit.stream import ChunkStream
 
 __all__ = [
@@ -251,7 +254,8 @@ class Balancer:
         log = request.controls.get("route_log")
         if isinstance(log, list):
             log.append(backend.name)
-        if backend.model is not None and backend.model != request.model:
+        swapped = backend.model is not None and backend.model != request.model
+        if swapped:
             request = request.replace(model=backend.model)
         backend.picks += 1
         backend.outstanding += 1
@@ -267,6 +271,8 @@ class Balancer:
                 backend.failures += 1
                 backend.observe(time.monotonic() - started + backend.failure_penalty_s)
             raise
+        if swapped:
+            mark_served(result, request.model)
         if isinstance(result, ChunkStream):
             result.info["endpoint"] = backend.name
             released = False

@@ -29,7 +29,7 @@ this layer does:
   output, so against them the replay mostly diverges and the layer raises, as it would with
   `resume_streams=False` (which turns the resume off: every failure after the first token raises).
 - **No double retrying**: put this layer over a transport with the SDK's retries off (`OpenAITransport` defaults
-  to `max_retries=0`); `labkit.lessons.resilience.resilient_chain` refuses a transport that retries on its own.
+  to `max_retries=0`); `labkit.chain_config.ChainConfig` refuses `retry` together with `sdk_max_retries`.
 
 The retry loop is hand-written rather than `tenacity`'s: an attempt here is not one call (a stream is held to
 its first token), the wait comes from the server's headers, the budget is shared by every request of the layer,

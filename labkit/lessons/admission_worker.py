@@ -3,6 +3,9 @@
 ``python -m labkit.lessons.admission_worker --base-url ... --redis-url ... --rpm ... --tpm ... --requests 50`` runs its
 share of the batch through `AdmissionLayer(budget=RedisBudget(...))` and prints one JSON line of what it did.
 ``--wait-for-go`` (or ``--start-at``, a Unix time) lets several workers begin together, as a scheduler would.
+The chain comes from `labkit.assemble.build_chain` (a pooled SDK client and admission, the shared budget given for
+admission's place). The API key comes from the environment (``OPENAI_API_KEY``), never from the command line,
+which any user of the machine can read.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import time
 
 import redis.asyncio as aioredis
 
+from labkit.assemble import ChainConfig, build_chain
 from labkit.batch import ItemStatus, run_batch
-from labkit.chain import Chain
 from labkit.endpoint import LOCAL_API_KEY, Endpoint
 from labkit.layers.admission import AdmissionLayer
 from labkit.layers.ratelimit_redis import RedisBudget
 from labkit.request import ChatRequest
 from labkit.transports.sdk import OpenAITransport
+
+#: A pooled official SDK client behind the admission layer, nothing else.
+WORKER_CHAIN = ChainConfig.preset("bare", admission=True)
 
 
 async def work(args: argparse.Namespace) -> dict[str, object]:
@@ -35,17 +41,19 @@ async def work(args: argparse.Namespace) -> dict[str, object]:
         )
         for i in range(args.requests)
     ]
-    transport = OpenAITransport(Endpoint(args.base_url, args.api_key))
+    endpoint = Endpoint(args.base_url, os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY)
+    built = build_chain(WORKER_CHAIN, endpoint, given={"admission": layer})
+    transport = built.transports[0]
+    assert isinstance(transport, OpenAITransport)
     await transport.client.models.list()  # warm up (connection, SDK internals) before the clock starts
     if args.wait_for_go:  # imports done and budget ready: start when the parent says so, all together
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
     elif args.start_at:
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
-    async with transport:
-        chain = Chain(transport, [layer])
+    async with built:
         t0 = time.time()
-        result = await run_batch(chain, requests, concurrency=args.concurrency)
+        result = await run_batch(built.chain, requests, concurrency=args.concurrency)
         t1 = time.time()
     await client.aclose()
     return {
@@ -66,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m labkit.lessons.admission_worker", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", default=LOCAL_API_KEY)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--key", default="labkit:budget")
     parser.add_argument("--rpm", type=float, required=True)

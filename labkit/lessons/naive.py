@@ -14,7 +14,9 @@ What it takes from the guide (`performance-guide.zh.txt`), and nothing else:
   an answer to a different question: hashing the user text alone would. No TTL, no size bound, no in-flight
   de-duplication: identical requests that arrive while the first is running all go upstream.
   `"redis"`: the `SmartCache` snippet: a *synchronous* `redis.Redis` called from async code (it blocks the event
-  loop for each round trip), key `ai:response:<md5>`, the answer's text only, `setex` with a 7200 s TTL.
+  loop for each round trip), key `ai:response:<md5>`, the answer's text only, `setex` with a 7200 s TTL. The
+  lab puts its own per-run prefix in front of that key (`labkit:naive:<run>:ai:response:<md5>`), so that on a
+  Redis the user shares (`REDIS_URL`) clearing the cache never deletes anyone else's `ai:response:*` keys.
   `"none"`: no cache.
 
 What it deliberately does not get: anything the guide does not show (admission control, circuit breakers, a
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from openai import AsyncOpenAI
 
+from labkit.cache.redis_tier import glob_escape
 from labkit.endpoint import Endpoint
 
 CacheMode = Literal["none", "md5", "redis"]
@@ -54,6 +58,7 @@ class NaiveClient:
         redis_url: str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        key_prefix: str | None = None,
     ) -> None:
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, not {cache!r}")
@@ -72,6 +77,8 @@ class NaiveClient:
         self.misses = 0
         self.blocked_s = 0.0  # time the event loop spent blocked in synchronous Redis calls
         self._redis: Any = None
+        #: Where this client's Redis keys live: its own per-run namespace unless the caller names one.
+        self.key_prefix = key_prefix if key_prefix is not None else f"labkit:naive:{secrets.token_hex(4)}:"
         if cache == "redis":
             import redis
 
@@ -80,6 +87,7 @@ class NaiveClient:
     async def ask(self, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Any) -> tuple[str, Any, str]:
         """The answer text, its usage (None for a cache hit) and where it came from (`"cache"` or `"upstream"`)."""
         key = hashlib.md5(prompt_of(messages).encode()).hexdigest()
+        redis_key = f"{self.key_prefix}ai:response:{key}"
         if self.cache_mode == "md5":
             if key in self.cache:
                 self.hits += 1
@@ -87,7 +95,7 @@ class NaiveClient:
                 return response.choices[0].message.content or "", None, "cache"
         elif self.cache_mode == "redis":
             started = time.perf_counter()
-            cached = self._redis.get(f"ai:response:{key}")  # synchronous: blocks the loop, as in the guide
+            cached = self._redis.get(redis_key)  # synchronous: blocks the loop, as in the guide
             self.blocked_s += time.perf_counter() - started
             if cached:
                 self.hits += 1
@@ -99,18 +107,20 @@ class NaiveClient:
             self.cache[key] = response
         elif self.cache_mode == "redis":
             started = time.perf_counter()
-            self._redis.set(f"ai:response:{key}", json.dumps(text), ex=7200)  # the guide's setex(key, 7200, ...)
+            self._redis.set(redis_key, json.dumps(text), ex=7200)  # the guide's setex(key, 7200, ...)
             self.blocked_s += time.perf_counter() - started
         return text, response.usage, "upstream"
 
     def clear(self) -> int:
-        """Forget every cached answer (the dict, or the `ai:response:*` keys in Redis); returns how many.
+        """Forget every answer this client cached (the dict, or its own keys in Redis); returns how many.
 
-        The guide's Redis keys outlive the process, so a measurement starts by clearing them: a cache warmed by an
-        earlier run would flatter the next one.
+        The guide's Redis keys outlive the process, so a measurement starts cold: a cache warmed by an earlier run
+        would flatter the next one. Only keys under this client's `key_prefix` are deleted (glob characters in it
+        are escaped), never another application's `ai:response:*` keys on a shared server.
         """
         if self._redis is not None:
-            keys = list(self._redis.scan_iter(match="ai:response:*", count=1000))
+            pattern = glob_escape(self.key_prefix) + "ai:response:*"
+            keys = list(self._redis.scan_iter(match=pattern, count=1000))
             if keys:
                 self._redis.delete(*keys)
             return len(keys)
@@ -132,9 +142,17 @@ class NaiveClient:
         }
 
     async def aclose(self) -> None:
+        """Close the clients; with Redis, delete this run's keys first (nothing else reads them after the run)."""
         await self.client.close()
         if self._redis is not None:
-            self._redis.close()
+            import redis
+
+            try:
+                self.clear()
+            except redis.RedisError:  # Redis gone: its keys expire on their own (7200 s)
+                pass
+            finally:
+                self._redis.close()
 
 
 __all__ = ["CACHE_MODES", "NaiveClient", "prompt_of"]

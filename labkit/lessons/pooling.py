@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 
 from labkit.endpoint import Endpoint
-from labkit.lessons.bench.client import ServerCpu, cpu_seconds, raise_nofile_limit, summary_ms
+from labkit.lab.measure import ServerCpu, closed_loop, cpu_seconds, raise_nofile_limit, run_on_fast_loop, summary_ms
 from labkit.request import ChatRequest
 from labkit.transports.lean import LeanTransport
 from labkit.transports.pool import ClientPool, PoolConfig
@@ -69,25 +69,9 @@ async def run_calls(
     if service is not None:
         await service.areset()
     server = ServerCpu(getattr(service, "pid", None))
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    remaining = requests
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            try:
-                await call()
-            except Exception as exc:
-                errors[error_name(exc)] += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-
     gc.collect()
     cpu0, srv0, t0 = cpu_seconds(), server.read(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies, errors = await closed_loop(call, requests=requests, concurrency=concurrency, error_name=error_name)
     wall = time.perf_counter() - t0
     cpu1, srv1 = cpu_seconds(), server.read()
     stats = await _stats(service)
@@ -384,8 +368,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 async def run_benchmark(*, quick: bool = False, stream_levels: Sequence[int] = (100, 500, 1000)) -> dict[str, Any]:
-    from labkit.lab.services import start_lab
-    from labkit.sim.h2 import start_h2_front
+    from labkit.lab.services import start_h2_front, start_lab
     from labkit.transports.tls import make_self_signed
 
     raise_nofile_limit()
@@ -441,14 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the sizes (a smoke run)")
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000], help="stream concurrency levels")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
     t0 = time.perf_counter()
-    report = runner(run_benchmark(quick=args.quick, stream_levels=args.streams))
+    report, _loop = run_on_fast_loop(run_benchmark(quick=args.quick, stream_levels=args.streams))
     report["command"] = "python -m labkit.lessons.pooling " + " ".join(argv if argv is not None else sys.argv[1:])
     report["duration_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Read what every layer of a chain counted, without any layer importing monitoring code (DESIGN §3).
+"""Read what every layer of a chain counted, without any layer importing monitoring code (docs/ARCHITECTURE.md).
 
 Each labkit layer keeps its own counters: `SingleFlight.stats`, `RetryLayer.stats`, `HedgeLayer.stats`,
 `CacheLayer.stats` (with one `TierStats` per tier), `AdmissionLayer.stats`, `CircuitBreaker.events` and `.state`,

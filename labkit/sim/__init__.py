@@ -10,8 +10,9 @@ import ssl
 
 from aiohttp import web
 
-from labkit.sim.app import STATE, SimState, create_app
+from labkit.sim.app import create_app
 from labkit.sim.config import Profile, SimConfig, load_profile, load_profiles
+from labkit.sim.state import STATE, SimState
 
 LISTEN_BACKLOG = 4096  # aiohttp's default of 128 drops connections when thousands of clients connect at once
 READY_PREFIX = "labkit.sim ready on "

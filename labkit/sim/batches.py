@@ -8,15 +8,15 @@ output and error files use the real JSONL lines (``{"id", "custom_id", "response
 ``LABKIT_SIM_BATCH_SECONDS`` (default 2) seconds after it starts, so a lesson can wait for it. Batch requests
 do not count against the online RPM/TPM limits, as real batch queues have limits of their own.
 
-The answers are generated the way `/v1/chat/completions` generates them (same tokenizer, length model and
-text pool), without its pacing: a batch is not latency-bound.
+Each line is checked and answered by the functions `/v1/chat/completions` uses (`labkit.sim.chat`): the same
+errors, length model and text, and at temperature 0 or with a `seed` the same answer as online; only the pacing
+is left out, as a batch is not latency-bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +25,9 @@ import orjson
 from aiohttp import web
 
 from labkit.sim import errors
+from labkit.sim.chat import answer_rng, check_chat, completion, draw_answer, usage
 from labkit.sim.errors import APIError
-from labkit.sim.prefixcache import prompt_tokens
-from labkit.sim.text import pool_for
+from labkit.sim.state import SimState, json_response
 from labkit.sim.validation import chat_params
 
 __all__ = ["BatchStore", "setup"]
@@ -68,7 +68,7 @@ class Job:
 class BatchStore:
     """Uploaded files and batch jobs of one simulator instance (in memory)."""
 
-    def __init__(self, sim_state: Any) -> None:
+    def __init__(self, sim_state: SimState) -> None:
         self.sim = sim_state
         self.files: dict[str, StoredFile] = {}
         self.jobs: dict[str, Job] = {}
@@ -99,10 +99,6 @@ class BatchStore:
 STORE: web.AppKey[BatchStore] = web.AppKey("labkit_sim_batches", BatchStore)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
 # -- files ------------------------------------------------------------------------------------------------
 
 
@@ -125,13 +121,13 @@ async def create_file(request: web.Request) -> web.StreamResponse:
     data = upload.file.read()
     if not data.strip():
         raise errors.invalid_request("The uploaded file is empty.", param="file")
-    return _json(store.add_file(data, upload.filename or "upload.jsonl", purpose))
+    return json_response(store.add_file(data, upload.filename or "upload.jsonl", purpose))
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     store.sim.auth(request)
-    return _json(store.file(request.match_info["file_id"]).meta)
+    return json_response(store.file(request.match_info["file_id"]).meta)
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
@@ -205,65 +201,16 @@ def _parse_lines(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list
 
 
 def _complete_line(store: BatchStore, line: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """(status code, body) of one request, generated the way the online endpoint generates it."""
+    """(status code, body) of one request: checked and answered by the online endpoint's own functions."""
     st = store.sim
     try:
         p = chat_params(line["body"])
-        profile = st.profile
-        model = profile.resolve(p.model)
-        if model is None:
-            raise errors.model_not_found(p.model)
-        cap = p.max_tokens
-        if cap is not None and cap > profile.max_output_tokens:
-            raise errors.invalid_request(
-                f"max_tokens is too large: {cap}. This model supports at most {profile.max_output_tokens} "
-                "completion tokens.",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        n_prompt, _ = prompt_tokens(p.messages, model, want_ids=False)
-        if n_prompt + (cap or 0) > profile.context_window:
-            raise errors.invalid_request(
-                "This model's maximum context length is exceeded.", code="context_length_exceeded"
-            )
+        prompt = check_chat(st.profile, p)
     except APIError as error:
         return error.status, error.body()
-    rng = random.Random(st.rng.getrandbits(64))
-    sampled = profile.output_tokens.sample(rng)
-    n = sampled if cap is None else min(cap, sampled)
-    pool = pool_for(model)
-    tokens = pool.generate(rng, n, pool.topic_words(p.messages))
-    st.engine.tokens_generated += n
-    usage = {
-        "prompt_tokens": n_prompt,
-        "completion_tokens": n,
-        "total_tokens": n_prompt + n,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-    body = {
-        "id": _id("chatcmpl-"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": pool.text(tokens), "refusal": None, "annotations": []},
-                "logprobs": None,
-                "finish_reason": "length" if cap is not None and cap < sampled else "stop",
-            }
-        ],
-        "usage": usage,
-        "service_tier": "default",
-        "system_fingerprint": st.fingerprint,
-    }
-    return 200, body
+    tokens, finish = draw_answer(st.profile, prompt.model, p, answer_rng(st, p, prompt.model))
+    st.engine.tokens_generated += len(tokens)
+    return 200, completion(st, prompt.model, tokens, finish, usage(prompt.tokens, len(tokens)))
 
 
 def _line_out(custom_id: str, status: int, body: dict[str, Any]) -> bytes:
@@ -378,7 +325,7 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
     job = Job(obj)
     store.jobs[obj["id"]] = job
     job.task = asyncio.get_running_loop().create_task(_process(store, job))
-    return _json(_public(obj))
+    return json_response(_public(obj))
 
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +344,7 @@ def _job(request: web.Request) -> Job:
 
 
 async def get_batch(request: web.Request) -> web.StreamResponse:
-    return _json(_public(_job(request).obj))
+    return json_response(_public(_job(request).obj))
 
 
 async def cancel_batch(request: web.Request) -> web.StreamResponse:
@@ -407,14 +354,14 @@ async def cancel_batch(request: web.Request) -> web.StreamResponse:
         job.obj.update(status="cancelling", cancelling_at=int(time.time()))
     elif job.obj["status"] not in ("cancelling", "cancelled"):
         raise errors.invalid_request(f"Cannot cancel a batch with status {job.obj['status']!r}.")
-    return _json(_public(job.obj))
+    return json_response(_public(job.obj))
 
 
 async def list_batches(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     store.sim.auth(request)
     data = [_public(job.obj) for job in reversed(store.jobs.values())]
-    return _json(
+    return json_response(
         {
             "object": "list",
             "data": data,
@@ -425,7 +372,7 @@ async def list_batches(request: web.Request) -> web.StreamResponse:
     )
 
 
-def setup(app: web.Application, sim_state: Any) -> None:
+def setup(app: web.Application, sim_state: SimState) -> None:
     """Register the Batch API routes on the simulator's application."""
     app[STORE] = BatchStore(sim_state)
     app.router.add_post("/v1/files", create_file)

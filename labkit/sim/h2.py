@@ -1,9 +1,9 @@
 """An HTTP/2 front for the simulated service, so the pooling lesson can measure HTTP/2 against HTTP/1.1.
 
 Why a front and not HTTP/2 in the sim itself: the sim runs on `aiohttp.web`, which speaks HTTP/1.1 only
-(and was chosen because it serves a thousand streams with half the added latency of the alternatives,
-DESIGN §4). Rewriting its routes for a second server would fork the behaviour the lessons rely on (latency
-model, faults, rate limits, SSE framing). Instead this module runs `hypercorn` (an ASGI server that speaks
+(and was chosen because it serves a thousand streams with half the added latency of the alternatives).
+Rewriting its routes for a second server would fork the behaviour the lessons rely on (latency model, faults,
+rate limits, SSE framing). Instead this module runs `hypercorn` (an ASGI server that speaks
 HTTP/1.1 and HTTP/2, over TLS with ALPN or in cleartext with prior knowledge, "h2c") in its own process, in
 front of one unchanged sim. Every request, whichever protocol it arrived on, is forwarded as it is (method,
 path, headers, body) over a pool of keep-alive HTTP/1.1 connections on loopback, and the answer streams back
@@ -17,7 +17,8 @@ through the front answers the sim's counters plus a `front` object with what the
 opened (distinct client sockets that carried a `/v1/` request), connections open now, and requests by HTTP version.
 
 Run it as `python -m labkit.sim.h2 --upstream http://127.0.0.1:PORT [--tls-cert C --tls-key K]`; it prints
-`labkit.sim ready on https://HOST:PORT` like the sim. `start_h2_front(sim, cert)` does that from Python.
+`labkit.sim ready on https://HOST:PORT` like the sim. `labkit.lab.simservice.start_h2_front(sim, cert)` does that
+from Python.
 """
 
 from __future__ import annotations
@@ -31,15 +32,11 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from labkit.sim import READY_PREFIX
-
-if TYPE_CHECKING:
-    from labkit.lab.services import SimService
-    from labkit.transports.tls import SelfSignedCert
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -269,33 +266,6 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_main(args))
     else:
         uvloop.run(_main(args))
-
-
-def start_h2_front(
-    sim: SimService,
-    cert: SelfSignedCert | None = None,
-    *,
-    max_streams: int = DEFAULT_MAX_STREAMS,
-    timeout: float = 30.0,
-) -> SimService:
-    """Start an HTTP/2 front for `sim` (HTTPS with ALPN when `cert` is given, else h2c with prior knowledge).
-
-    Returns a `SimService` whose URL is the front's: its admin helpers go through the front too, and
-    `stats()["front"]` has the client-side connection counts. Stop it before the sim.
-    """
-    from labkit.lab.services import _Child, _child_env, _PendingSim
-
-    if sim.url.startswith("https://"):
-        raise ValueError("start the sim behind the front without TLS: the front terminates TLS itself")
-    argv = [sys.executable, "-m", "labkit.sim.h2", "--upstream", sim.url, "--port", "0"]
-    argv += ["--max-streams", str(max_streams), "--parent-pid", str(os.getpid())]
-    if cert is not None:
-        argv += ["--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path)]
-    child = _Child("labkit.sim.h2 front", argv, env=_child_env())
-    pending = _PendingSim(child, sim.profile, sim.seed, timeout, str(cert.cert_path) if cert else None)
-    service = pending()
-    service.name = f"h2 front of {sim.name}"
-    return service
 
 
 if __name__ == "__main__":

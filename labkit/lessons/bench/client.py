@@ -34,56 +34,32 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from labkit.percentiles import percentile
+from labkit.lab.measure import (
+    ServerCpu,
+    closed_loop,
+    cpu_seconds,
+    machine_busy_seconds,
+    other_cpu,
+    raise_nofile_limit,
+    run_on_fast_loop,
+    summary_ms,
+)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MODEL = "gpt-4o-mini"
 PROMPT = "Write a short paragraph about connection pooling."
 API_KEY = "sk-lab-local"  # the simulated service checks the shape of a key, not its secret
 PLAIN_MODES = ("raw_aiohttp", "sdk_default", "sdk_aiohttp")
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def raise_nofile_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (2000 sockets need more than 1024)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def cpu_seconds() -> float:
-    """User plus system CPU time of this process, in seconds."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def summary_ms(values: Sequence[float]) -> dict[str, float | None]:
-    """p50/p95/p99/min/max/mean of `values` (seconds) in milliseconds, rounded to 0.1 ms."""
-
-    def ms(x: float | None) -> float | None:
-        return None if x is None else round(x * 1000.0, 1)
-
-    return {
-        "p50": ms(percentile(values, 50)),
-        "p95": ms(percentile(values, 95)),
-        "p99": ms(percentile(values, 99)),
-        "min": ms(min(values)) if values else None,
-        "max": ms(max(values)) if values else None,
-        "mean": ms(sum(values) / len(values)) if values else None,
-    }
 
 
 def check_loopback(url: str) -> None:
@@ -91,27 +67,6 @@ def check_loopback(url: str) -> None:
     host = urlsplit(url).hostname or ""
     if host not in LOOPBACK_HOSTS:
         raise SystemExit(f"labkit.lessons.bench client: refusing non-loopback target {url!r}")
-
-
-class ServerCpu:
-    """Reads the server process's CPU time by pid (psutil), or nothing when no pid was given."""
-
-    def __init__(self, pid: int | None) -> None:
-        self._proc: Any = None
-        if pid:
-            import psutil
-
-            with contextlib.suppress(Exception):
-                self._proc = psutil.Process(pid)
-
-    def read(self) -> float | None:
-        if self._proc is None:
-            return None
-        try:
-            times = self._proc.cpu_times()
-        except Exception:
-            return None
-        return float(times.user + times.system)
 
 
 class Sampler:
@@ -162,25 +117,6 @@ class Sampler:
         return {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]}, timeline
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU time the whole machine spent busy (all cores, every process), or None without psutil."""
-    try:
-        import psutil
-
-        t = psutil.cpu_times()
-    except Exception:
-        return None
-    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already counted in user and nice
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - guest)
-
-
-def other_cpu(busy0: float | None, busy1: float | None, client: float, server: float | None) -> float | None:
-    """CPU that other processes used during the measurement: non-zero means the machine was not quiet."""
-    if busy0 is None or busy1 is None or server is None:
-        return None
-    return round(max(0.0, busy1 - busy0 - client - server), 3)
-
-
 def error_kind(exc: BaseException) -> str:
     """A short, stable name for what went wrong with one request."""
     import aiohttp
@@ -200,15 +136,6 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"os_error_{exc.errno}" if exc.errno else "os_error"
     return f"other_{type(exc).__name__}"
-
-
-def run_on_fast_loop(main: Coroutine[Any, Any, T]) -> tuple[T, str]:
-    """Run `main` on uvloop when it is installed (it is in the lab's requirements); say which loop ran."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main), "asyncio"
-    return uvloop.run(main), "uvloop"
 
 
 # --------------------------------------------------------------------------------------------- streams
@@ -457,7 +384,10 @@ def _plain_sdk(base_url: str, api_key: str, aiohttp_transport: bool) -> PlainCal
     return call, client.close
 
 
-def _sdk_error_kind(exc: BaseException) -> str:
+def _plain_error_kind(exc: BaseException) -> str:
+    """A plain call's failure: an empty answer by its kind, an SDK error by status, else by `error_kind`."""
+    if isinstance(exc, StreamFailed):
+        return exc.kind
     try:
         import openai
     except ImportError:
@@ -479,24 +409,6 @@ async def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     else:
         call, close = _plain_sdk(base_url, args.api_key, aiohttp_transport=args.transport == "sdk_aiohttp")
     server = ServerCpu(args.server_pid)
-    errors: Counter[str] = Counter()
-    latencies: list[float] = []
-    remaining = args.requests
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            try:
-                await call()
-            except StreamFailed as exc:
-                errors[exc.kind] += 1
-                continue
-            except Exception as exc:
-                errors[_sdk_error_kind(exc)] += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
 
     async def warm_one() -> None:
         with contextlib.suppress(Exception):
@@ -506,7 +418,10 @@ async def run_plain(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(asyncio.gather(*(warm_one() for _ in range(args.concurrency))), args.timeout)
         busy0, cpu0, srv0 = machine_busy_seconds(), cpu_seconds(), server.read()
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(args.concurrency))), args.timeout)
+        latencies, errors = await asyncio.wait_for(
+            closed_loop(call, requests=args.requests, concurrency=args.concurrency, error_name=_plain_error_kind),
+            args.timeout,
+        )
         wall = time.perf_counter() - t0
         cpu1, srv1, busy1 = cpu_seconds(), server.read(), machine_busy_seconds()
     finally:

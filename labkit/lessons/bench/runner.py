@@ -36,10 +36,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.lessons.bench.client import PLAIN_MODES, raise_nofile_limit
+from labkit.lab.measure import raise_nofile_limit
+from labkit.lessons.bench.client import PLAIN_MODES
 
 SCHEMA_VERSION = 1
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the labkit package
 DEFAULT_LEVELS = (100, 500, 1000, 2000)
 QUICK_LEVELS = (50, 200)
 DEFAULT_OUT = Path("build/bench")
@@ -67,7 +68,8 @@ SDK_LABELS = {
     "sdk_default": "AsyncOpenAI, default httpx transport",
     "sdk_aiohttp": "AsyncOpenAI(http_client=DefaultAioHttpClient())",
 }
-# DESIGN.md section 4, prototype medians on a 2-core machine: for comparison only, never asserted.
+# Prototype medians on a 2-core machine (docs/ARCHITECTURE.md, "Measurements behind the design"): for
+# comparison only, never asserted.
 SDK_PROTOTYPE_CPU_MS = {"raw_aiohttp": 0.25, "sdk_default": 2.3, "sdk_aiohttp": 1.7}
 
 # The targets for a 2-core machine: (concurrency, name, metric path, operator, threshold).

@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from labkit.cache.semantic import load_pairs
 from labkit.chain import Handler
-from labkit.data import data_path
+from labkit.lab.workload import SpecFile, zipf_choices
 from labkit.pricing import cost
 from labkit.request import ChatRequest
 
 
 @dataclasses.dataclass(frozen=True)
-class CacheWorkloadSpec:
+class CacheWorkloadSpec(SpecFile):
+    """The caching lesson's workload (defaults in `data/cache_workload.json`)."""
+
+    DATA_FILE: ClassVar[str] = "cache_workload.json"
     n_requests: int = 300
     exponent: float = 1.1
     paraphrase_share: float = 0.3
@@ -45,17 +46,6 @@ class CacheWorkloadSpec:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.paraphrase_share + self.hard_negative_share > 1:
             raise ValueError("paraphrase_share + hard_negative_share must not exceed 1")
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> CacheWorkloadSpec:
-        raw = json.loads(Path(path or data_path("cache_workload.json")).read_text(encoding="utf-8"))
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if k in fields}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> CacheWorkloadSpec:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +84,8 @@ def cache_workload(spec: CacheWorkloadSpec, groups: Sequence[Group] | None = Non
     groups = list(groups or load_groups())
     rng = random.Random(spec.seed)
     rng.shuffle(groups)  # which questions are popular is random too, but seeded
-    weights = [1.0 / (rank + 1) ** spec.exponent for rank in range(len(groups))]
     questions = []
-    for group in rng.choices(groups, weights, k=spec.n_requests):
+    for group in zipf_choices(rng, groups, spec.exponent, spec.n_requests):
         roll = rng.random()
         if roll < spec.hard_negative_share and group.negatives:
             i = rng.randrange(len(group.negatives))

@@ -2,16 +2,18 @@
 
 Each chain has a metrics layer on top (what callers see: latency, and the tokens they would have paid for)
 and one at the bottom, just above the transport (what actually went upstream: calls, tokens, cost). The
-difference between the two is what de-duplication saved.
+difference between the two is what de-duplication saved. The chains come from the one builder
+(`labkit.assemble.build_chain`, config `DEDUP_CHAIN` with the cache and de-dup switches of each config); the
+cache is this lesson's small `ExactCache`, given to the builder for the cache's place.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
-from labkit.chain import Chain, Handler, Layer
+from labkit.assemble import Assembled, ChainConfig, build_chain
+from labkit.chain import Handler, Layer
 from labkit.dedup.policy import SamplingPolicy
 from labkit.dedup.singleflight import SingleFlight
 from labkit.lab.workload import Arrival, SimCallCounter, Workload, replay
@@ -34,28 +36,26 @@ LABELS: dict[str, str] = {
 }
 
 
-@dataclasses.dataclass
-class DedupChain:
-    """A chain for one config, with handles on the parts the measurement reads."""
-
-    config: str
-    chain: Chain
-    callers: MetricsRecorder
-    upstream: MetricsRecorder
-    cache: ExactCache | None
-    single_flight: SingleFlight | None
+#: metrics (callers) -> [cache] -> [single-flight] -> metrics (upstream) -> the given transport; nothing else.
+DEDUP_CHAIN = ChainConfig.preset("bare", metrics=True, upstream_metrics=True)
 
 
-def build_chain(transport: Handler, config: str, policy: SamplingPolicy | None = None) -> DedupChain:
-    """metrics (callers) -> [exact cache] -> [single-flight] -> metrics (upstream) -> transport."""
+def dedup_chain(transport: Handler, config: str, policy: SamplingPolicy | None = None) -> Assembled:
+    """The chain of one config of `CONFIGS` over `transport`, with two metrics recorders.
+
+    `layers["metrics"].recorder` saw what callers saw, `layers["upstream_metrics"].recorder` what went upstream;
+    `layers["cache"]` (an `ExactCache`) and `layers["dedup"]` (a `SingleFlight`) are there when switched on.
+    """
     use_cache, use_coalescing = CONFIGS[config]
-    callers, upstream = MetricsRecorder(), MetricsRecorder()
-    cache = ExactCache(policy) if use_cache else None
-    single_flight = SingleFlight(policy) if use_coalescing else None
-    layers: list[Layer] = [MetricsLayer(callers)]
-    layers += [layer for layer in (cache, single_flight) if layer is not None]
-    layers.append(MetricsLayer(upstream))
-    return DedupChain(config, Chain(transport, layers), callers, upstream, cache, single_flight)
+    given: dict[str, Layer] = {
+        "metrics": MetricsLayer(MetricsRecorder()),
+        "upstream_metrics": MetricsLayer(MetricsRecorder()),
+    }
+    if use_cache:
+        given["cache"] = ExactCache(policy)
+    if use_coalescing:
+        given["dedup"] = SingleFlight(policy)
+    return build_chain(DEDUP_CHAIN.replace(cache=use_cache, dedup=use_coalescing), transport, given=given)
 
 
 async def measure(
@@ -69,7 +69,8 @@ async def measure(
     sim: Any = None,
 ) -> dict[str, Any]:
     """Replay `workload` through the chain of `config` and return what it cost upstream and for callers."""
-    parts = build_chain(transport, config, policy)
+    parts = dedup_chain(transport, config, policy)
+    single_flight, cache = parts.layers.get("dedup"), parts.layers.get("cache")
     params = dict(params or {})
     counter = SimCallCounter(sim) if sim is not None else None
 
@@ -80,9 +81,13 @@ async def measure(
         return await parts.chain(request)
 
     started = time.perf_counter()
-    outcomes = await replay(workload, send)
+    try:
+        outcomes = await replay(workload, send)
+    finally:
+        await parts.aclose()  # the transport stays open: it is the caller's
     wall_s = time.perf_counter() - started
-    callers, upstream = parts.callers.summary(), parts.upstream.summary()
+    callers = parts.layers["metrics"].recorder.summary()
+    upstream = parts.layers["upstream_metrics"].recorder.summary()
     latencies = sorted(o.latency_s for o in outcomes if o.ok)
     n = len(outcomes)
     row: dict[str, Any] = {
@@ -103,12 +108,12 @@ async def measure(
         "latency_p95_s": callers["latency_p95_s"],
         "latency_mean_s": sum(latencies) / len(latencies) if latencies else None,
         "wall_s": wall_s,
-        "coalesced": parts.single_flight.stats.coalesced if parts.single_flight else 0,
-        "cache_hits": parts.cache.stats.hits if parts.cache else 0,
+        "coalesced": single_flight.stats.coalesced if single_flight else 0,
+        "cache_hits": cache.stats.hits if cache else 0,
     }
     if counter is not None:
         row["sim_chat_requests"] = counter.since_mark()
     return row
 
 
-__all__ = ["CONFIGS", "LABELS", "DedupChain", "build_chain", "measure"]
+__all__ = ["CONFIGS", "DEDUP_CHAIN", "LABELS", "dedup_chain", "measure"]

@@ -3,9 +3,13 @@
 `python -m labkit.lessons.dedup.worker --base-url URL [--redis-url URL]` connects, prints ``ready`` and then serves
 rounds: each line on stdin is a JSON command ``{"mode", "prompt", "requests", "namespace"}``; the worker sends
 that many identical requests at once through a fresh chain of that mode (``none``: nothing; ``local``:
-in-process single-flight; ``redis``: single-flight in front of the Redis coalescer) and prints one JSON line
-with what it did. Every worker of a pool gets its command at the same moment, so their requests overlap.
-It exits when stdin closes, so it never outlives the process that started it. Results are JSON, never pickle.
+in-process single-flight; ``redis``: single-flight in front of the Redis coalescer), built by
+`labkit.assemble.build_chain` over the worker's one transport, and prints one JSON line with what it did. Every
+worker of a pool gets its command at the same moment, so their requests overlap. It exits when stdin closes, so it
+never outlives the process that started it. Results are JSON, never pickle.
+
+The API key comes from the environment (``OPENAI_API_KEY``), never from the command line: any user of the machine
+can read a process's arguments (``ps``, ``/proc/<pid>/cmdline``), only its owner its environment.
 """
 
 from __future__ import annotations
@@ -22,24 +26,37 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from redis.asyncio import Redis
+
+from labkit.assemble import ChainConfig, build_chain
+from labkit.chain import Chain, Layer
+from labkit.dedup.redisflight import RedisSingleFlight
+from labkit.endpoint import LOCAL_API_KEY, Endpoint
+from labkit.request import ChatRequest
+from labkit.scope import Scoping
+from labkit.transports.sdk import OpenAITransport
+
 Mode = Literal["none", "local", "redis"]
 
 #: The folder that holds the labkit package, put on the workers' PYTHONPATH.
-_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_ROOT = str(Path(__file__).resolve().parents[3])
+
+
+#: The worker's chain: nothing but the de-dup switches of each round's mode, over the worker's one transport.
+WORKER_CHAIN = ChainConfig.preset("bare")
+
+
+def mode_config(mode: Mode) -> ChainConfig:
+    """``none``: no de-dup; ``local``: in-process single-flight; ``redis``: single-flight over the Redis flight."""
+    if mode not in ("none", "local", "redis"):
+        raise ValueError(f"unknown mode {mode!r}: none, local or redis")
+    return WORKER_CHAIN.replace(dedup=mode != "none", dedup_redis=mode == "redis")
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from redis.asyncio import Redis
-
-    from labkit.chain import Chain, Layer
-    from labkit.dedup.redisflight import RedisSingleFlight
-    from labkit.dedup.singleflight import SingleFlight
-    from labkit.endpoint import Endpoint
-    from labkit.layers.metrics import MetricsLayer, MetricsRecorder
-    from labkit.request import ChatRequest
-    from labkit.transports.sdk import OpenAITransport
-
-    transport = OpenAITransport(Endpoint(args.base_url, args.api_key))
+    api_key = os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY
+    endpoint = Endpoint(args.base_url, api_key)
+    transport = OpenAITransport(endpoint)
     redis = Redis.from_url(args.redis_url) if args.redis_url else None
     try:
         if redis is not None:
@@ -48,15 +65,17 @@ async def _serve(args: argparse.Namespace) -> None:
         while line := await asyncio.to_thread(sys.stdin.readline):
             command: dict[str, Any] = json.loads(line)
             mode = command.get("mode", "redis")
-            upstream = MetricsRecorder()
-            single_flight = SingleFlight() if mode in ("local", "redis") else None
-            coalescer = None
+            given: dict[str, Layer] = {}
             if mode == "redis":
                 if redis is None:
                     raise SystemExit("mode 'redis' needs --redis-url")
-                coalescer = RedisSingleFlight(redis, namespace=command.get("namespace", "labkit:sf"))
-            layers: list[Layer] = [layer for layer in (single_flight, coalescer) if layer is not None]
-            chain = Chain(transport, [*layers, MetricsLayer(upstream)])
+                # the worker's one Redis connection, made before "ready", rather than one per round
+                given["dedup_redis"] = RedisSingleFlight(
+                    redis, namespace=command.get("namespace", "labkit:sf"), scoping=Scoping.of_endpoints([endpoint])
+                )
+            built = build_chain(mode_config(mode), transport, given=given)
+            chain = built.chain
+            single_flight, coalescer = built.layers.get("dedup"), built.layers.get("dedup_redis")
 
             async def one(i: int, chain: Chain = chain, command: dict[str, Any] = command) -> tuple[float, str]:
                 request = ChatRequest.create(
@@ -80,13 +99,14 @@ async def _serve(args: argparse.Namespace) -> None:
                 "requests": len(results),
                 "ok": len(ok),
                 "errors": [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)],
-                "upstream_calls": len(upstream.records),
+                "upstream_calls": sum(built.upstream.values()),
                 "latencies_s": [r[0] for r in ok],
                 "answers": sorted({r[1] for r in ok}),
                 "wall_s": time.perf_counter() - started,
                 "single_flight": single_flight.stats.as_dict() if single_flight else None,
                 "redis": coalescer.stats.as_dict() if coalescer else None,
             }
+            await built.aclose()  # closes what the round's chain opened; the transport and Redis stay the worker's
             print(json.dumps(report), flush=True)
     finally:
         await transport.aclose()
@@ -97,7 +117,6 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.lessons.dedup.worker", description=__doc__)
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", default="sk-lab-local")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--model", default="gpt-4o")
     parser.add_argument("--max-tokens", type=int, default=60)
@@ -113,7 +132,7 @@ class WorkerPool:
         n_workers: int,
         *,
         base_url: str,
-        api_key: str = "sk-lab-local",
+        api_key: str = LOCAL_API_KEY,
         redis_url: str | None = None,
         model: str = "gpt-4o",
         max_tokens: int = 60,
@@ -121,7 +140,8 @@ class WorkerPool:
     ) -> None:
         self.n_workers = n_workers
         self.timeout = timeout
-        self._argv = [sys.executable, "-m", "labkit.lessons.dedup.worker", "--base-url", base_url, "--api-key", api_key]
+        self._api_key = api_key  # handed over in the workers' environment, not on their command line
+        self._argv = [sys.executable, "-m", "labkit.lessons.dedup.worker", "--base-url", base_url]
         self._argv += ["--model", model, "--max-tokens", str(max_tokens)]
         if redis_url:
             self._argv += ["--redis-url", redis_url]
@@ -136,6 +156,7 @@ class WorkerPool:
     async def start(self) -> WorkerPool:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        env["OPENAI_API_KEY"] = self._api_key
         pipe = asyncio.subprocess.PIPE
         try:
             for _ in range(self.n_workers):

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 
 from labkit.endpoint import LOCAL_API_KEY
-from labkit.lab.services import Service, _Child, _child_env
+from labkit.lab.processes import Child, Service, child_env
 
 __all__ = ["WebChatService", "start_webchat"]
 
-_READY_LINE = re.compile(r"labkit\.webchat ready on (http://\S+)")
+_READY_LINE = re.compile(r"labkit\.lessons\.webchat ready on (http://\S+)")
 
 
 @dataclass(eq=False, repr=False)
@@ -67,9 +67,9 @@ def start_webchat(
     argv += ["--upstream", upstream, "--model", model, "--max-tokens", str(max_tokens)]
     argv += ["--first-token-timeout", str(first_token_timeout_s), "--total-timeout", str(total_timeout_s)]
     argv += ["--parent-pid", str(os.getpid())]
-    env = _child_env()
+    env = child_env()
     env["OPENAI_API_KEY"] = api_key  # not on the command line, where `ps` shows it
-    child = _Child("labkit.lessons.webchat", argv, env=env)
+    child = Child("labkit.lessons.webchat", argv, env=env)
 
     def ready_url() -> str | None:
         match = _READY_LINE.search(child.stdout.tail(lines=50))

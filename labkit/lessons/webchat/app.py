@@ -7,7 +7,7 @@ entered in the host's own lifespan, which closes the upstream client). The answe
 `StreamingResponse` over an async generator: one chunk per text delta, written as it comes, nothing buffered.
 A client that goes away cancels that generator at once (Starlette listens for `http.disconnect` while it
 streams; before the first token the handler watches for it itself), and the generator's end closes the
-upstream stream, so the model service stops generating. DESIGN §4 measured aiohttp.web (what the simulated
+upstream stream, so the model service stops generating. A prototype measured aiohttp.web (what the simulated
 service runs on) with about half of Starlette+uvicorn's added TTFT at 1000 concurrent streams; a chat page
 serves a handful of streams, far below that load.
 
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labkit.assemble import ChainConfig, build_chain
 from labkit.chain import Chain
 from labkit.endpoint import LOCAL_API_KEY, Endpoint
 from labkit.errors import FirstTokenTimeout, StreamError
-from labkit.layers.guard import StreamGuard
 from labkit.layers.metrics import MetricsLayer, MetricsRecorder
 from labkit.stream import ChunkStream, chunk_text
 from labkit.streaming import trim_history
-from labkit.transports.sdk import OpenAITransport
 
 log = logging.getLogger("labkit.lessons.webchat")
 
@@ -61,6 +60,9 @@ DRAIN_BODY_BYTES = 1024 * 1024
 MAX_MESSAGE_CHARS = 4000
 MAX_HISTORY = 40
 HISTORY_BUDGET_TOKENS = 3000
+
+#: The app's chain: metrics over the stream guard over one pooled SDK client (the timeouts come from `create_app`).
+CHAT_CHAIN = ChainConfig.preset("bare", metrics=True, streaming=True, total_timeout_s=60.0)
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
@@ -326,19 +328,25 @@ def create_app(
     first_token_timeout_s: float | None = 30.0,
     total_timeout_s: float | None = 300.0,
     system_prompt: str = "You are a helpful assistant. Answer clearly and briefly.",
-    layers: Sequence[Any] = (),
+    config: ChainConfig = CHAT_CHAIN,
 ) -> Starlette:
-    """The ASGI app over a chain `metrics -> [layers] -> StreamGuard -> OpenAI transport` to `upstream`."""
+    """The ASGI app over the chain `config` describes (default `CHAT_CHAIN`) to `upstream`.
+
+    The metrics layer is always on (`/api/stats` reads it) and the stream guard gets the two timeouts; any other
+    layer is a switch of `config` (`CHAT_CHAIN.replace(cache=True)`).
+    """
     recorder = MetricsRecorder(maxlen=10_000)
-    transport = OpenAITransport(Endpoint(upstream.rstrip("/"), api_key))
-    guard = StreamGuard(first_token_timeout_s=first_token_timeout_s, total_timeout_s=total_timeout_s)
+    config = config.replace(
+        metrics=True, streaming=True, first_token_timeout_s=first_token_timeout_s, stream_timeout_s=total_timeout_s
+    )
+    assembled = build_chain(config, Endpoint(upstream.rstrip("/"), api_key), given={"metrics": MetricsLayer(recorder)})
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await transport.aclose()
+            await assembled.aclose()
 
     app = Starlette(
         routes=[
@@ -352,7 +360,7 @@ def create_app(
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
-    app.state.chain = Chain(transport, [MetricsLayer(recorder), *layers, guard])
+    app.state.chain = assembled.chain
     app.state.recorder = recorder
     app.state.settings = {
         "model": model,
@@ -412,4 +420,4 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> tuple[U
     return server, await server.start()
 
 
-__all__ = ["ERROR_MARK", "ChatStreamResponse", "create_app", "parse_chat", "serve"]
+__all__ = ["CHAT_CHAIN", "ERROR_MARK", "ChatStreamResponse", "create_app", "parse_chat", "serve"]
