@@ -1,4 +1,4 @@
-"""Every lesson notebook follows the conventions of DESIGN §5 and has a papermill test."""
+"""Every lesson notebook follows the conventions of docs/ARCHITECTURE.md (Notebooks) and has a papermill test."""
 
 import json
 import re

@@ -459,7 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load client of the labkit benchmark: runs one level and prints one JSON line.",
     )
     parser.add_argument("--url", required=True, help="service root or its /v1 base URL (loopback only)")
-    parser.add_argument("--api-key", default=API_KEY, help="bearer key to send")
     parser.add_argument("--mode", choices=("stream", "plain"), default="stream")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--server-pid", type=int, default=None, help="read this process's CPU time (psutil)")
@@ -476,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.api_key = os.environ.get("OPENAI_API_KEY") or API_KEY  # from the environment: argv shows in `ps`
     check_loopback(args.url)
     if args.concurrency < 1:
         raise SystemExit("--concurrency must be at least 1")

@@ -131,11 +131,13 @@ def service_stats(service: Any) -> Any:
 # --------------------------------------------------------------------------------------------- client
 
 
-def run_client(args: Sequence[str], timeout: float) -> dict[str, Any]:
-    """Run one load-client process and return the JSON line it printed."""
+def run_client(args: Sequence[str], timeout: float, api_key: str | None = None) -> dict[str, Any]:
+    """Run one load-client process and return the JSON line it printed (the key goes in its environment)."""
     command = [sys.executable, "-m", "labkit.lessons.bench", "client", *args]
     env = dict(os.environ)  # this labkit importable from any working directory
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    if api_key is not None:
+        env["OPENAI_API_KEY"] = api_key
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -153,12 +155,12 @@ def stream_level(service: Any, concurrency: int, *, cold: bool, settle_s: float)
     settle(settle_s)
     args = [
         "--mode", "stream", "--url", str(service.base_url), "--concurrency", str(concurrency),
-        "--server-pid", str(service.pid), "--api-key", service.api_key, "--ttft", str(BENCH_TTFT_S),
+        "--server-pid", str(service.pid), "--ttft", str(BENCH_TTFT_S),
         "--itl", str(BENCH_ITL_S), "--tokens", str(BENCH_TOKENS), "--timeout", "60",
     ]  # fmt: skip
     if cold:
         args.append("--cold")
-    result = run_client(args, timeout=240)
+    result = run_client(args, timeout=240, api_key=service.api_key)
     result["server_stats"] = stats = service_stats(service)
     # the service's own share of the added TTFT: how late it handed each first token to the socket
     result["server_first_token_late_ms"] = stats.get("first_token_late_ms") if isinstance(stats, dict) else None
@@ -174,10 +176,9 @@ def plain_level(service: Any, transport: str, requests: int, settle_s: float) ->
     args = [
         "--mode", "plain", "--transport", transport, "--url", str(service.base_url),
         "--concurrency", str(SDK_CONCURRENCY), "--requests", str(requests), "--server-pid", str(service.pid),
-        "--api-key", service.api_key,
         "--timeout", "120",
     ]  # fmt: skip
-    result = run_client(args, timeout=300)
+    result = run_client(args, timeout=300, api_key=service.api_key)
     result["label"] = SDK_LABELS[transport]
     result["prototype_client_cpu_per_request_ms"] = SDK_PROTOTYPE_CPU_MS[transport]
     result["server_stats"] = service_stats(service)

@@ -28,7 +28,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("OPENAI_BASE_URL"),
         help="base URL of the OpenAI-compatible service, ending in /v1 (default: $OPENAI_BASE_URL)",
     )
-    ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY)
     ap.add_argument("--model", default="gpt-4o")
     ap.add_argument("--max-tokens", type=int, default=400, help="default cap on an answer's length")
     ap.add_argument("--first-token-timeout", type=float, default=30.0, help="seconds (0: none)")
@@ -43,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _main(args: argparse.Namespace) -> None:
     app = create_app(
         args.upstream,
-        api_key=args.api_key,
+        api_key=os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY,  # from the environment: argv shows in `ps`
         model=args.model,
         max_tokens=args.max_tokens,
         first_token_timeout_s=args.first_token_timeout or None,
