@@ -99,6 +99,14 @@ REGISTRY: tuple[BenchCommand, ...] = (
         ("-n", "300", "--semantic-entries", "1000", "--semantic-queries", "50"),
     ),
     BenchCommand(
+        "overhead",
+        "04/08 the default chain's client CPU per cache miss against a bare call",
+        "labkit.lessons.overhead",
+        ("--bench", "--out", "{out}/overhead.json"),
+        ("overhead.json",),
+        ("--requests", "200", "--rounds", "2"),
+    ),
+    BenchCommand(
         "pooling",
         "05 pooling",
         "labkit.lessons.pooling",

@@ -1,0 +1,137 @@
+"""What the default chain costs the client on a cache miss, against a bare call on the same transport.
+
+Every request here is new (a distinct prompt), so each one misses every cache and goes upstream: this is the
+chain's worst case, the price an application pays for metrics, cache look-ups and stores, de-duplication,
+admission, retries, hedging, the balancer, the breaker and the stream guard on a request that none of them
+saves. The figure is the client's CPU time (`time.process_time`, this process only: the simulated service runs
+in its own process) per request, measured in alternating rounds so a noisy neighbour hurts both sides alike.
+
+`python -m labkit.lessons.overhead --bench` writes `build/bench/overhead.json`: per transport, the bare call's
+CPU per request, the default chain's, and their ratio (target: at most 1.10 without the semantic cache, whose
+embedding is a separate, reported cost: it is what a semantic lookup needs, not overhead of the chain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from labkit.assemble import build_chain
+from labkit.chain_config import ChainConfig
+from labkit.endpoint import Endpoint
+from labkit.lab.services import start_sim
+from labkit.request import ChatRequest
+from labkit.transports.lean import LeanTransport
+from labkit.transports.sdk import OpenAITransport
+
+TARGET_RATIO = 1.10
+_counter = iter(range(10**9))
+
+
+def _new_request(max_tokens: int) -> ChatRequest:
+    """A request nobody asked before: a cache miss for every tier and the semantic cache's new scope row."""
+    n = next(_counter)
+    return ChatRequest.create(
+        "gpt-4o", f"Request {n}: name one use of the number {n * 7919 % 10007}.", max_tokens=max_tokens, temperature=0
+    )
+
+
+async def cpu_per_request(call: Callable[[ChatRequest], Awaitable[Any]], n: int, concurrency: int, max_tokens: int):
+    """Client CPU seconds per request for `n` new requests sent `concurrency` at a time."""
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        for _ in queue:
+            await call(_new_request(max_tokens))
+
+    start = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return (time.process_time() - start) / n
+
+
+async def measure(
+    endpoint: Endpoint, *, requests: int, rounds: int, concurrency: int, max_tokens: int
+) -> dict[str, Any]:
+    """Bare transport vs the default chain (with and without the semantic cache), per transport kind."""
+    results: dict[str, Any] = {}
+    for kind in ("lean", "sdk"):
+        bare = LeanTransport(endpoint) if kind == "lean" else OpenAITransport(endpoint)
+        configs = {
+            "default_chain": ChainConfig(lean=kind == "lean"),
+            "default_chain_without_semantic": ChainConfig(lean=kind == "lean").without("semantic"),
+        }
+        chains = {name: build_chain(config, endpoint) for name, config in configs.items()}
+        arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]] = {"bare": bare}
+        arms.update({name: built.chain for name, built in chains.items()})
+        best: dict[str, float] = {}
+        try:
+            for arm in arms.values():  # warm: connections, imports, the embedder's first call
+                await cpu_per_request(arm, 20, concurrency, max_tokens)
+            for _ in range(rounds):
+                for name, arm in arms.items():
+                    value = await cpu_per_request(arm, requests, concurrency, max_tokens)
+                    best[name] = min(best.get(name, value), value)
+        finally:
+            await bare.aclose()
+            for built in chains.values():
+                await built.aclose()
+        results[kind] = {
+            "cpu_per_request_ms": {k: round(v * 1e3, 4) for k, v in best.items()},
+            "ratio_without_semantic": round(best["default_chain_without_semantic"] / best["bare"], 3),
+            "ratio_with_semantic": round(best["default_chain"] / best["bare"], 3),
+            "semantic_cost_per_miss_ms": round(
+                (best["default_chain"] - best["default_chain_without_semantic"]) * 1e3, 3
+            ),
+        }
+        results[kind]["meets_target"] = results[kind]["ratio_without_semantic"] <= TARGET_RATIO
+    return results
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    with start_sim("fast", seed=0) as sim:
+        sim.set_limits(rpm=10**7, tpm=10**10)  # no pacing: this measures CPU, not waiting
+        results = await measure(
+            sim.endpoint,
+            requests=args.requests,
+            rounds=args.rounds,
+            concurrency=args.concurrency,
+            max_tokens=args.max_tokens,
+        )
+    return {
+        "benchmark": "overhead",
+        "what": "client CPU per cache-missing request: the default chain against a bare call on the same transport",
+        "target_ratio": TARGET_RATIO,
+        "requests_per_round": args.requests,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+        **results,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m labkit.lessons.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", action="store_true", help="run the benchmark and write its JSON")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per arm and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each arm counts")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--out", default="build/bench/overhead.json")
+    args = parser.parse_args(argv)
+    if not args.bench:
+        parser.error("nothing to do: pass --bench")
+    payload = asyncio.run(_bench(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
