@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import papermill
+
+from labkit.endpoint import LOCAL_API_KEY
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -22,4 +25,14 @@ def run_notebook(name: str, tmp_path: Path, **parameters: Any) -> dict[str, Any]
         cwd=str(NOTEBOOKS),
         progress_bar=False,
     )
+    assert_no_keys_in_outputs(tmp_path / f"{name}.executed.ipynb")
     return json.loads(results_path.read_text(encoding="utf-8"))
+
+
+def assert_no_keys_in_outputs(executed: Path) -> None:
+    """No output of an executed notebook shows an API key the run used (the lab's own, or OPENAI_API_KEY)."""
+    keys = {LOCAL_API_KEY, os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY}
+    notebook = json.loads(executed.read_text(encoding="utf-8"))
+    outputs = json.dumps([cell.get("outputs", []) for cell in notebook["cells"]])
+    shown = sorted(key for key in keys if key in outputs)
+    assert not shown, f"{executed.name} shows an API key in its outputs ({len(shown)} key(s))"
