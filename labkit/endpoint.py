@@ -23,6 +23,9 @@ class Endpoint:
     base_url: str
     api_key: str = dataclasses.field(default=LOCAL_API_KEY, repr=False)
     name: str = "default"
+    simulated: bool = False
+    """True only for a simulated service the lab started itself (`labkit.lab.simservice`): a key says nothing
+    about the server behind it (vLLM or Ollama take any key, or none)."""
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -30,7 +33,8 @@ class Endpoint:
 
     @property
     def is_simulated(self) -> bool:
-        return self.api_key == LOCAL_API_KEY
+        """Whether the lab started this service, so its admin routes (faults, limits, counters) are there."""
+        return self.simulated
 
     @property
     def tenant(self) -> str:

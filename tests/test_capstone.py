@@ -346,7 +346,7 @@ async def test_the_semantic_cache_serves_a_streamed_paraphrase(fresh_sim):
     try:
         call = capstone.chain_caller(assembled, model="gpt-4o", max_tokens=20)
         await call(item(0, 0, "How do I convert Celsius to Fahrenheit?"))
-        para = await call(item(1, 0, "How can I change degrees Celsius into degrees Fahrenheit?"))
+        para = await call(item(1, 0, "Hi! How do I convert Celsius to Fahrenheit, please?"))
         assert para["upstream"] is False and para["source"] == "semantic"
         assert assembled.layers["semantic"].stats.hits == 1
     finally:
@@ -373,3 +373,84 @@ def test_the_naive_client_refuses_an_unknown_cache_mode_and_redis_without_a_url(
         NaiveClient(sim.endpoint, cache="lru")
     with pytest.raises(ValueError, match="redis_url"):
         NaiveClient(sim.endpoint, cache="redis")
+
+
+# -- the three arms of the guide's table ----------------------------------------------------------------------
+
+
+def test_the_wilson_interval_of_no_errors_in_ten_thousand_is_below_the_guides_error_target():
+    low, high = capstone.wilson(0, 10_000)
+    assert low == 0.0 and 0.0003 < high < 0.001  # 0 in 10,000 separates 0.1% from 1%
+
+
+def test_the_wilson_interval_of_a_small_sample_cannot_show_the_error_target():
+    assert capstone.wilson(0, 100)[1] > 0.001
+
+
+def test_the_wilson_interval_contains_the_observed_share():
+    low, high = capstone.wilson(83, 100)
+    assert low < 0.83 < high
+
+
+def summary(**values):
+    base = {"requests": 1000, "ok": 1000, "hit_rate": 0.0, "error_rate": 0.0, "avg_response_s": 1.0}
+    base.update(values)
+    return base
+
+
+def test_the_guide_rows_judge_labkit_against_before_and_say_whether_it_is_ahead_of_the_snippets():
+    rows = capstone.guide_rows(
+        {
+            "before": summary(avg_response_s=4.0, error_rate=0.05, ok=950),
+            "guide": summary(avg_response_s=0.4, hit_rate=0.81),
+            "labkit": summary(avg_response_s=0.1, hit_rate=0.84),
+        }
+    )
+    by = {r["key"]: r for r in rows}
+    assert by["avg_response_s"]["met"] is True and by["avg_response_s"]["labkit_ahead"] is True
+    assert by["avg_response_s"]["guide_before"] == 3.2 and by["avg_response_s"]["guide_after"] == 0.8
+    assert by["hit_rate"]["met"] is True and by["hit_rate"]["ci95"]["labkit"][0] >= 0.8
+    assert by["throughput_rps"]["met"] is None and "ci95" not in by["throughput_rps"]
+
+
+def test_a_hit_rate_whose_interval_reaches_below_80_percent_is_not_met():
+    rows = capstone.guide_rows(
+        {"before": summary(), "guide": summary(), "labkit": summary(requests=100, ok=100, hit_rate=0.82)}
+    )
+    assert {r["key"]: r for r in rows}["hit_rate"]["met"] is False
+
+
+def test_trimming_shortens_the_context_and_keeps_the_question():
+    wl = capstone.generate(spec(prompt_median=800, prompt_min=700, trim_keep=0.5), GROUPS)
+    cut = capstone.trimmed(wl)
+    assert sum(cut.prompt_tokens()) < 0.7 * sum(wl.prompt_tokens())
+    assert [i.text for i in cut.items] == [i.text for i in wl.items]
+
+
+def test_the_deferrable_share_is_the_stated_one_and_leaves_the_other_draws_alone():
+    wl = capstone.generate(spec(defer_share=0.2), GROUPS)
+    assert abs(sum(i.deferrable for i in wl.items) / len(wl) - 0.2) < 0.03
+    plain = capstone.generate(spec(), GROUPS)
+    assert [i.messages for i in plain.items] == [i.messages for i in wl.items]
+    online, deferred = capstone.without_deferred(wl)
+    assert len(online) + len(deferred) == len(wl) and all(i.deferrable for i in deferred)
+
+
+def test_a_time_compressed_spec_sends_the_same_requests_faster():
+    s = spec(warmup_s=2.0)
+    fast = capstone.generate(capstone.scaled_spec(s, 4.0), GROUPS)
+    assert 0.9 < len(fast) / len(capstone.generate(s, GROUPS)) < 1.1
+    assert fast.items[-1].at_s < s.warmup_s + s.duration_s
+
+
+async def test_the_before_arm_asks_every_repeat_upstream_without_max_tokens(fresh_sim):
+    before = capstone.arms()["before"]
+    assembled = build_chain(before.client, fresh_sim.endpoint)
+    try:
+        assert assembled.on == ["pooling"] and not assembled.stream
+        call = capstone.chain_caller(assembled, model="gpt-4o", max_tokens=None)
+        await call(item(0, 0, "What is a circuit breaker?"))
+        again = await call(item(1, 0, "What is a circuit breaker?"))
+        assert again["upstream"] is True and fresh_sim.stats()["requests_total"] == 2
+    finally:
+        await assembled.aclose()

@@ -26,6 +26,9 @@ def results(tmp_path_factory):
         ABLATION_DURATION_S=1.2,
         ABLATION_WARMUP_S=1.5,
         CONCURRENT_USERS=200,
+        ARM_REQUESTS=150,
+        LEVER_REQUESTS=40,
+        LEVERS=["cache (exact + semantic)", "max_tokens"],
     )
 
 
@@ -89,3 +92,41 @@ def test_the_scorecard_has_the_four_objectives(results):
         "concurrent users",
         "cache hit rate",
     ]
+
+
+def guide_row(results, key):
+    return {row["key"]: row for row in results["guide_table"]["rows"]}[key]
+
+
+def test_the_guide_table_puts_the_three_arms_beside_the_guides_own_figures(results):
+    row = guide_row(results, "avg_response_s")
+    assert row["before"] is not None and row["guide"] is not None and row["labkit"] is not None
+    assert (row["guide_before"], row["guide_after"]) == (3.2, 0.8)
+    assert results["guide_table"]["requests_per_arm"] >= 100
+
+
+def test_labkit_answers_far_sooner_than_before_and_costs_less(results):
+    assert guide_row(results, "avg_response_s")["met"] is True
+    cost = guide_row(results, "cost_month_usd")
+    assert cost["labkit"] < 0.6 * cost["before"]
+
+
+def test_each_rate_row_carries_an_interval_per_arm(results):
+    for key in ("hit_rate", "error_rate"):
+        ci = guide_row(results, key)["ci95"]
+        assert set(ci) == {"before", "guide", "labkit"}
+        assert all(low <= high for low, high in ci.values())
+
+
+def test_the_cost_breakdown_prices_each_lever_run_alone_and_the_totals(results):
+    levers = [b["lever"] for b in results["cost_breakdown"]]
+    assert levers[:2] == ["cache (exact + semantic)", "max_tokens"]
+    assert "all together: labkit" in levers
+
+
+def test_the_roadmap_names_a_first_lever_for_each_workload(results):
+    for name in ("high_repetition", "low_repetition"):
+        assert results["levers"][name]["roadmap"]["cost_month_usd"]["lever"] in (
+            "cache (exact + semantic)",
+            "max_tokens",
+        )

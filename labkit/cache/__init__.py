@@ -7,7 +7,8 @@
   per-request controls, tenant isolation, fail-open;
 - `replay`: streams recorded with their timing and replayed at once or at the original pace;
 - `embeddings`, `guard`, `semantic`: the semantic cache (all-MiniLM-L6-v2 on onnxruntime, a guard against hard
-  negatives, the threshold measured on labelled pairs);
+  negatives); `would_serve(stored, incoming)`, its decision for one pair; `evaluation`: that decision measured on
+  labelled pairs (`python -m labkit.cache.evaluation`);
 - `workload`: lesson 04's workload (Zipf popularity, paraphrases, look-alike questions) and its scored runner;
 - `bench`: `python -m labkit.cache --bench` (writes build/bench/cache.json).
 
@@ -26,7 +27,7 @@ from labkit.cache.replay import record, replay
 if TYPE_CHECKING:
     from labkit.cache.memcached_tier import MemcachedTier
     from labkit.cache.redis_tier import RedisTier
-    from labkit.cache.semantic import SemanticCache
+    from labkit.cache.semantic import SemanticCache, would_serve
     from labkit.cache.sqlite_tier import SQLiteTier
 
 _LAZY = {
@@ -34,6 +35,7 @@ _LAZY = {
     "MemcachedTier": "labkit.cache.memcached_tier",
     "SQLiteTier": "labkit.cache.sqlite_tier",
     "SemanticCache": "labkit.cache.semantic",
+    "would_serve": "labkit.cache.semantic",
 }
 
 
@@ -65,4 +67,5 @@ __all__ = [
     "record",
     "replay",
     "tenant_hash",
+    "would_serve",
 ]

@@ -12,11 +12,13 @@ How it decides, for a plain request whose exact key missed:
 3. Search: brute-force cosine over the scope's normalised vectors with numpy (a matrix-vector product: about
    0.3 ms at 10,000 entries, 7 ms at 100,000). Past a few hundred thousand entries, or across processes, a
    vector store takes over (Redis with its vector index, pgvector, FAISS/HNSW): same interface, sub-linear search.
-4. Candidates above the similarity threshold are checked by the guard (`labkit.cache.guard.veto`) against
-   negation, antonyms, swapped roles, other numbers and other names; the first that passes is served.
+4. Candidates above the similarity threshold go through `decide`, which asks the guard (`labkit.cache.guard.veto`):
+   negation, antonyms, swapped roles, other numbers and names, and any content word, qualifier, constraint or
+   question word that one prompt has and the other lacks; the first candidate that passes is served.
+   `would_serve(stored, incoming)` runs that same lookup on a cache holding only `stored`.
 
-The threshold is chosen on the tuning part of `data/paraphrases.jsonl` (`choose_threshold`) and `evaluate`
-reports the false-hit rate and recall on the held-out part with Wilson confidence intervals. Streams and sampled
+The threshold is chosen on the tuning part of `data/semantic_pairs.jsonl` and the decision is measured on the
+held-out part, per kind, by `labkit.cache.evaluation` (`python -m labkit.cache.evaluation`). Streams and sampled
 requests are passed through (lesson 04 keeps the two apart), unless `streams=True` (the assembled chain's
 setting): then a hit on a streamed request is replayed as a short stream and a completed stream is stored.
 
@@ -31,12 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,16 +46,30 @@ from labkit.cache.embeddings import Embedder, default_embedder
 from labkit.cache.guard import veto
 from labkit.cache.layer import CacheControls, fresh_copy
 from labkit.chain import Handler, Result
-from labkit.data import data_path
 from labkit.dedup.policy import is_sampled
 from labkit.fingerprint import fingerprint
 from labkit.request import ChatRequest
 from labkit.scope import Scope, Scoping, served_model
 from labkit.stream import ChunkStream, assemble, completion_chunks
 
-#: Chosen on the tuning split by `choose_threshold` (the test checks that it still is).
-DEFAULT_THRESHOLD = 0.89
-PAIRS_FILE = "paraphrases.jsonl"
+#: Chosen on the tuning split of `data/semantic_pairs.jsonl` by `labkit.cache.evaluation.choose_threshold` (the
+#: test checks that it still is). Low, because the guard's difference check does the deciding (see `decide`).
+DEFAULT_THRESHOLD = 0.5
+
+
+def decide(
+    stored: str, incoming: str, cosine: float, threshold: float = DEFAULT_THRESHOLD, guard: bool = True
+) -> str | None:
+    """Why the answer stored for `stored` must not be served for `incoming` (None: it is served).
+
+    The one decision the cache, `would_serve` and the evaluation all use: the cosine must reach the threshold,
+    then the guard (`labkit.cache.guard.veto`) must find nothing in the wording that asks for another answer.
+    """
+    if cosine < threshold:
+        return "below_threshold"
+    if not guard or stored == incoming:
+        return None
+    return veto(stored, incoming)
 
 
 class VectorIndex:
@@ -259,7 +272,7 @@ class SemanticCache:
         for score, stored in index.search(vector, self.top_k, self.threshold):
             if stored.expires_at <= now:
                 continue
-            reason = veto(text, stored.text) if self.guard and text != stored.text else None
+            reason = decide(stored.text, text, score, self.threshold, self.guard)
             if reason is not None:
                 self.stats.vetoed[reason] += 1
                 continue
@@ -410,149 +423,28 @@ class SemanticCache:
         return result.wrap(keep)
 
 
-# -- measuring the threshold and the guard on labelled pairs -------------------------------------------------
+_PROBE = ChatCompletion.model_validate(
+    {"id": "would-serve", "object": "chat.completion", "created": 0, "model": "probe",
+     "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}
+)  # fmt: skip
 
 
-def load_pairs(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The labelled pairs: `a`, `b`, `label` (1: same answer), `kind`, `split` (tuning / heldout), `group`."""
-    source = Path(path) if path else data_path(PAIRS_FILE)
-    rows = []
-    with open(source, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = {"a", "b", "label", "kind", "split"} - row.keys()
-            if missing or row["label"] not in (0, 1) or row["split"] not in ("tuning", "heldout"):
-                raise ValueError(f"{source}:{number}: a pair needs a, b, label 0/1, kind and split tuning/heldout")
-            rows.append(row)
-    return rows
+def would_serve(stored: str, incoming: str) -> bool:
+    """Whether a `SemanticCache` with the default embedder, threshold and guard, holding an answer for `stored` and
+    nothing else in the scope, serves that answer for `incoming` (the same code path as a real lookup)."""
+    cache = SemanticCache(embed_in_thread=False, embed_cache_size=0)
+    vectors = cache.embedder.embed([stored, incoming])
+    cache.add("would_serve", stored, vectors[0], _PROBE, cache.ttl_s)
+    return cache.match("would_serve", incoming, vectors[1]) is not None
 
 
-def embed_texts(texts: Sequence[str], embedder: Embedder | None = None, batch: int = 32) -> dict[str, np.ndarray]:
-    """Embed each distinct text once, in batches of similar length (padding is what a batch wastes)."""
-    embedder = embedder or default_embedder()
-    unique = sorted(set(texts), key=len)
-    vectors: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique), batch):
-        part = unique[start : start + batch]
-        vectors.update(zip(part, embedder.embed(part), strict=True))
-    return vectors
+def __getattr__(name: str) -> Any:
+    """The evaluation half moved to `labkit.cache.evaluation`; its names still resolve from here."""
+    from labkit.cache import evaluation
 
-
-def score_pairs(pairs: Sequence[Mapping[str, Any]], embedder: Embedder | None = None) -> dict[str, np.ndarray]:
-    """Cosine of each pair and whether the guard vetoes it."""
-    vectors = embed_texts([t for p in pairs for t in (p["a"], p["b"])], embedder)
-    a = np.stack([vectors[p["a"]] for p in pairs])
-    b = np.stack([vectors[p["b"]] for p in pairs])
-    return {
-        "cosine": (a * b).sum(axis=1),
-        "label": np.array([p["label"] for p in pairs]),
-        "vetoed": np.array([veto(p["a"], p["b"]) is not None for p in pairs]),
-    }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (95% by default); (0, 1) when n is 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def confusion(scores: Mapping[str, np.ndarray], threshold: float, guard: bool = True) -> dict[str, Any]:
-    """Counts and rates at one threshold: a 'hit' is cosine >= threshold (and, with the guard, not vetoed)."""
-    hit = scores["cosine"] >= threshold
-    if guard:
-        hit &= ~scores["vetoed"]
-    positive = scores["label"] == 1
-    tp, fp = int((hit & positive).sum()), int((hit & ~positive).sum())
-    fn, tn = int((~hit & positive).sum()), int((~hit & ~positive).sum())
-    hits = tp + fp
-    return {
-        "threshold": float(threshold),
-        "guard": guard,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-        "precision": tp / hits if hits else 1.0,
-        "false_hit_rate": fp / hits if hits else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "negatives_passed": fp / (fp + tn) if fp + tn else 0.0,
-    }
-
-
-THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]
-
-
-def sweep(scores: Mapping[str, np.ndarray], guard: bool = True, thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
-    return [confusion(scores, t, guard) for t in thresholds]
-
-
-def choose_threshold(
-    scores: Mapping[str, np.ndarray], max_false_hit_rate: float = 0.0, guard: bool = True
-) -> dict[str, Any]:
-    """The lowest threshold (most recall) whose false-hit rate on these pairs is at most `max_false_hit_rate`.
-
-    Run it on the tuning split only; with zero false hits allowed it picks the point just above the tuning
-    set's worst surviving hard negative.
-    """
-    for row in sweep(scores, guard):
-        if row["false_hit_rate"] <= max_false_hit_rate:
-            return row
-    return confusion(scores, 1.0, guard)
-
-
-def subset(scores: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[mask] for k, v in scores.items()}
-
-
-def evaluate(
-    pairs: Sequence[Mapping[str, Any]] | None = None,
-    embedder: Embedder | None = None,
-    max_false_hit_rate: float = 0.0,
-) -> dict[str, Any]:
-    """Choose the threshold on the tuning split; report the held-out split at it, with 95% Wilson intervals."""
-    pairs = list(pairs if pairs is not None else load_pairs())
-    scores = score_pairs(pairs, embedder)
-    split = np.array([p["split"] for p in pairs])
-    kinds = np.array([p["kind"] for p in pairs])
-    tuning, heldout = subset(scores, split == "tuning"), subset(scores, split == "heldout")
-    chosen = choose_threshold(tuning, max_false_hit_rate)
-    threshold = chosen["threshold"]
-    held = confusion(heldout, threshold)
-    cosine_only = confusion(heldout, threshold, guard=False)
-    held["false_hit_rate_ci95"] = wilson(held["fp"], held["tp"] + held["fp"])
-    held["recall_ci95"] = wilson(held["tp"], held["tp"] + held["fn"])
-    held["negatives_passed_ci95"] = wilson(held["fp"], held["fp"] + held["tn"])
-    kinds_held = kinds[split == "heldout"]
-    hit = (heldout["cosine"] >= threshold) & ~heldout["vetoed"]
-    per_kind = {
-        str(kind): {
-            "pairs": int((kinds_held == kind).sum()),
-            "served": int((hit & (kinds_held == kind)).sum()),
-            "cosine_only_served": int(((heldout["cosine"] >= threshold) & (kinds_held == kind)).sum()),
-        }
-        for kind in sorted(set(kinds_held))
-    }
-    return {
-        "pairs": len(pairs),
-        "tuning_pairs": int((split == "tuning").sum()),
-        "heldout_pairs": int((split == "heldout").sum()),
-        "threshold": threshold,
-        "tuning": chosen,
-        "heldout": held,
-        "heldout_cosine_only": cosine_only,
-        "heldout_per_kind": per_kind,
-        "tuning_sweep": sweep(tuning),
-        "tuning_sweep_cosine_only": sweep(tuning, guard=False),
-        "scores": scores,
-        "split": split,
-        "kinds": kinds,
-    }
+    if name in evaluation.__all__:
+        return getattr(evaluation, name)
+    raise AttributeError(name)
 
 
 __all__ = [
@@ -560,12 +452,7 @@ __all__ = [
     "SemanticCache",
     "SemanticStats",
     "VectorIndex",
-    "choose_threshold",
-    "confusion",
-    "evaluate",
+    "decide",
     "last_user_text",
-    "load_pairs",
-    "score_pairs",
-    "sweep",
-    "wilson",
+    "would_serve",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-from IPython.display import Code, display
+from IPython.display import Code, Markdown, display
 
 
 def setup_plotting() -> None:
@@ -38,8 +38,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: Sections this kernel skipped, in order: name -> why. `write_results` records them under "skipped".
+_SKIPPED: dict[str, str] = {}
+#: Cost estimates shown before a section spent money on a real endpoint: name -> USD (None: model not priced).
+_ESTIMATES: dict[str, float | None] = {}
+
+
+def skip_section(name: str, why: str) -> None:
+    """Say in one visible line that a section skips, and why; the results JSON lists it under "skipped"."""
+    if name not in _SKIPPED:
+        _SKIPPED[name] = why
+        display(Markdown(f"⏭ **Skipped: {name}.** {why}"))
+
+
+def sim_section(lab: Any, name: str, needs: str) -> bool:
+    """True when `lab` started its simulated service; otherwise announce the skip of a section that needs the
+    service's admin routes (faults, limits, counters) and return False, so the cell's body does not run."""
+    if getattr(lab, "simulated", False):
+        return True
+    skip_section(name, f"It needs {needs}, which only the simulated service the lab starts has.")
+    return False
+
+
+def estimate_cost(name: str, model: str, requests: int, prompt_tokens: float, max_tokens: int) -> float | None:
+    """Show the most a section can spend on a real endpoint (every answer at `max_tokens`) before it runs."""
+    from labkit.pricing import cost, default_prices
+
+    usd = cost(model, round(requests * prompt_tokens), requests * max_tokens)
+    _ESTIMATES[name] = usd
+    table = default_prices()
+    price = f"at most **${usd:.4f}**" if usd is not None else f"an unknown amount ({model} is not in the table)"
+    display(
+        Markdown(
+            f"💲 {name}: {requests} requests of about {prompt_tokens:.0f} prompt + {max_tokens} output tokens to "
+            f"`{model}` cost {price} at the list prices of `data/pricing.json` ({table.as_of})."
+        )
+    )
+    return usd
+
+
 def write_results(path: str | Path | None, results: dict[str, Any]) -> dict[str, Any]:
-    """Write what a notebook measured as JSON (the notebook tests assert on it) and return it."""
+    """Write what a notebook measured as JSON (the notebook tests assert on it) and return it.
+
+    It adds "skipped" (the sections `skip_section` announced) and, when any were shown, "cost_estimates"."""
+    results = {**results, "skipped": list(_SKIPPED)}
+    if _ESTIMATES:
+        results["cost_estimates"] = dict(_ESTIMATES)
     clean = _jsonable(results)
     if path:
         target = Path(path)
@@ -108,12 +152,16 @@ LESSONS: list[tuple[str, str, str]] = [
     ("00_index.ipynb", "The lab and the naive baseline", "性能优化最佳实践"),
     ("01_batching.ipynb", "Batching under rate limits", "批处理请求"),
     ("02_dedup.ipynb", "De-duplication and the canonical fingerprint", "请求去重"),
-    ("03_streaming.ipynb", "Streaming responses", "流式响应"),
-    ("04_caching.ipynb", "Multi-level and semantic caching", "智能缓存"),
-    ("05_pooling.ipynb", "Connection pooling and HTTP clients", "连接池"),
-    ("06_resilience.ipynb", "Retries, circuit breaking, load balancing", "自动重试"),
-    ("07_monitoring.ipynb", "Monitoring: percentiles, tokens, cost", "性能监控"),
-    ("08_capstone.ipynb", "Capstone: the before/after table, measured", "优化效果"),
+    ("03_streaming.ipynb", "Streaming responses and the live view", "流式响应"),
+    ("04_request_levers.ipynb", "Request-side levers: prompt length, max_tokens, history, prefix caching", "流式响应"),
+    ("05_webchat.ipynb", "A streaming chat page in the browser", "流式响应"),
+    ("06_cache_tiers.ipynb", "Cache tiers: memory, Redis, SQLite", "智能缓存"),
+    ("07_semantic_cache.ipynb", "The semantic cache and its guard", "智能缓存"),
+    ("08_pooling.ipynb", "Connection pooling and HTTP clients", "连接池"),
+    ("09_retries.ipynb", "Retries, jitter and retry budgets", "自动重试"),
+    ("10_breakers.ipynb", "Circuit breaking, load balancing and hedging", "自动重试"),
+    ("11_monitoring.ipynb", "Monitoring: percentiles, tokens, cost", "性能监控"),
+    ("12_capstone.ipynb", "Capstone: the before/after table, measured", "优化效果"),
 ]
 
 

@@ -5,6 +5,10 @@ figures are the ones a learner would see), saves the executed notebooks, renders
 nbconvert and writes `build/report/index.html`: every chart of every lesson and every notebook's measured
 results, with plotly.js embedded once so the report opens offline. A notebook that fails is reported and
 the others still run; the exit code says whether all passed.
+
+While each notebook runs, `labkit.lab.memory.PeakMemory` samples the summed resident memory of its kernel and every
+process the kernel starts (simulated services, Redis, Memcached, workers) every 0.2 s; each notebook's peak goes in
+the report's table and in `build/report/runs.json`, against the lab's budget (`labkit.lab.memory.BUDGET_MB`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from labkit.lab.memory import BUDGET_MB, PeakMemory
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository (labkit/lab/report.py)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
@@ -30,7 +36,10 @@ def notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
 
 
 def execute(path: Path, out_dir: Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Run one notebook with papermill; return its status, duration and results JSON."""
+    """Run one notebook with papermill; return its status, duration, peak memory and results JSON.
+
+    The memory sampler counts the processes started under this one while the notebook runs: papermill's kernel
+    and everything the kernel starts."""
     import papermill
 
     executed = out_dir / "executed" / path.name
@@ -40,15 +49,17 @@ def execute(path: Path, out_dir: Path, parameters: dict[str, Any]) -> dict[str, 
     results_path.unlink(missing_ok=True)
     started = time.perf_counter()
     status, error = "ok", None
+    sampler = PeakMemory()
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(executed),
-            parameters={"RESULTS_PATH": str(results_path.resolve()), "INTERACTIVE": False, **parameters},
-            kernel_name="python3",
-            cwd=str(path.parent),
-            progress_bar=False,
-        )
+        with sampler:
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters={"RESULTS_PATH": str(results_path.resolve()), "INTERACTIVE": False, **parameters},
+                kernel_name="python3",
+                cwd=str(path.parent),
+                progress_bar=False,
+            )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
@@ -60,6 +71,7 @@ def execute(path: Path, out_dir: Path, parameters: dict[str, Any]) -> dict[str, 
         "seconds": round(time.perf_counter() - started, 1),
         "executed": executed,
         "results": results,
+        "memory": sampler.peak.as_dict(),
     }
 
 
@@ -100,8 +112,11 @@ def write_index(runs: list[dict[str, Any]], out_dir: Path) -> Path:
     for run in runs:
         name = html.escape(run["notebook"])
         link = f'<a href="{html.escape(Path(run["notebook"]).stem)}.html">{name}</a>' if run.get("html") else name
+        memory = run.get("memory") or {}
+        over = " class='failed'" if memory.get("over_budget") else ""
         rows.append(
-            f"<tr><td>{link}</td><td class='{run['status']}'>{run['status']}</td><td>{run['seconds']}</td></tr>"
+            f"<tr><td>{link}</td><td class='{run['status']}'>{run['status']}</td><td>{run['seconds']}</td>"
+            f"<td{over}>{memory.get('peak_mb', '')}</td><td>{html.escape(_largest(memory))}</td></tr>"
         )
         charts = "".join(
             pio.to_html(pio.from_json(json.dumps(fig)), include_plotlyjs=False, full_html=False)
@@ -130,11 +145,29 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .8em}
 </head><body><h1>LLM Performance Lab: report</h1>
 <p>Every notebook executed headlessly against the simulated service on {time.strftime("%Y-%m-%d %H:%M")}.
 Every figure below was measured in this run.</p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th></tr>{"".join(rows)}</table>
+<p>Peak memory: the summed resident memory (RSS) of the notebook's kernel and every process it started, sampled
+every 0.2 s; the budget is {BUDGET_MB} MB per notebook (a Binder session has 1-2 GB). Summed RSS counts memory that
+processes share once per process, so it overstates what the machine holds.</p>
+<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>peak memory (MB)</th>
+<th>largest at the peak (MB)</th></tr>{"".join(rows)}</table>
 {"".join(sections)}</body></html>"""
     target = out_dir / "report" / "index.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
+    return target
+
+
+def _largest(memory: dict[str, Any], n: int = 4) -> str:
+    """The processes that held the most at a notebook's peak, e.g. ``kernel 499, labkit.sim 130`` (MB)."""
+    return ", ".join(f"{p['process']} {p['rss_mb']:.0f}" for p in (memory.get("at_peak") or [])[:n])
+
+
+def write_runs(runs: list[dict[str, Any]], out_dir: Path) -> Path:
+    """What the report measured of each notebook (status, seconds, peak memory) as JSON, for tools and tests."""
+    target = out_dir / "report" / "runs.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("notebook", "status", "error", "seconds", "memory")
+    target.write_text(json.dumps([{k: run.get(k) for k in keep} for run in runs], indent=2) + "\n", encoding="utf-8")
     return target
 
 
@@ -157,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {path.name} …", flush=True)
         run = execute(path, args.out, parameters)
         run["html"] = render_html(run["executed"], args.out)
-        print(f"  {run['status']} in {run['seconds']} s", flush=True)
+        peak = run["memory"]
+        budget = "  OVER THE BUDGET" if peak["over_budget"] else ""
+        print(f"  {run['status']} in {run['seconds']} s, peak memory {peak['peak_mb']} MB{budget}", flush=True)
         runs.append(run)
+    write_runs(runs, args.out)
     index = write_index(runs, args.out)
     failed = [r["notebook"] for r in runs if r["status"] != "ok"]
     print(f"report: {index}" + (f"  (failed: {', '.join(failed)})" if failed else ""))

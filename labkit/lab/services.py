@@ -67,7 +67,9 @@ class Lab(Stoppable):
 
     @property
     def simulated(self) -> bool:
-        """True when requests go to labkit's simulated service, False for a real endpoint."""
+        """True when this lab started the simulated service its requests go to, so the service's admin routes
+        (faults, limits, counters) are there. Decided by what the lab started, never by the API key: a server
+        the lab did not start (``OPENAI_BASE_URL``) is treated as real even when it is labkit's own."""
         return bool(self.sims)
 
     @property

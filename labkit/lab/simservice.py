@@ -54,7 +54,7 @@ class SimService(Service):
     @property
     def endpoint(self) -> Endpoint:
         """This service as an :class:`~labkit.endpoint.Endpoint`, for the transport and the balancer."""
-        return Endpoint(self.base_url, self.api_key, name=self.name)
+        return Endpoint(self.base_url, self.api_key, name=self.name, simulated=self.managed)
 
     @functools.cached_property
     def models(self) -> list[str]:

@@ -59,13 +59,34 @@ async def _stats(service: Any) -> dict[str, Any]:
     return await service.astats() if service is not None else {}
 
 
+def _ticking(call: Call, on_done: Callable[[], None]) -> Call:
+    """`call`, then `on_done()` whether it succeeded or not."""
+
+    async def ticked() -> Any:
+        try:
+            return await call()
+        finally:
+            on_done()
+
+    return ticked
+
+
 async def run_calls(
-    call: Call, *, requests: int, concurrency: int, service: Any = None, warmup: int = 0
+    call: Call,
+    *,
+    requests: int,
+    concurrency: int,
+    service: Any = None,
+    warmup: int = 0,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`requests` calls from `concurrency` workers: rate, latency, client CPU and what the server saw."""
+    """`requests` calls from `concurrency` workers: rate, latency, client CPU and what the server saw.
+    `on_done` runs after each measured call (a progress bar's tick)."""
     for _ in range(warmup):
         with contextlib.suppress(Exception):
             await call()
+    if on_done is not None:
+        call = _ticking(call, on_done)
     if service is not None:
         await service.areset()
     server = ServerCpu(getattr(service, "pid", None))
@@ -160,6 +181,7 @@ async def compare_transports(
     concurrency: int = 64,
     max_tokens: int = 8,
     kinds: Sequence[str] = TRANSPORTS,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Plain calls at one concurrency through each transport on a warm pool: the client CPU each costs."""
     out: dict[str, dict[str, Any]] = {}
@@ -172,7 +194,7 @@ async def compare_transports(
                 await transport(request)
 
             out[kind] = await run_calls(
-                call, requests=requests, concurrency=concurrency, service=service, warmup=concurrency
+                call, requests=requests, concurrency=concurrency, service=service, warmup=concurrency, on_done=on_done
             )
     return out
 
@@ -266,10 +288,17 @@ async def http2_mistakes(plain_sim: Any, tls_sim: Any, *, ca_file: str) -> dict[
 
 
 async def stream_ttft(
-    service: Any, kind: str, *, streams: int, configured_ttft_s: float, max_tokens: int = 50
+    service: Any,
+    kind: str,
+    *,
+    streams: int,
+    configured_ttft_s: float,
+    max_tokens: int = 50,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """`streams` concurrent streams through one transport on warm connections: the TTFT it adds on top of the
-    service's configured TTFT (first content chunk, from the moment each stream starts) and its CPU."""
+    service's configured TTFT (first content chunk, from the moment each stream starts) and its CPU.
+    `on_done` runs as each stream ends (a progress bar's tick)."""
     transport, pool = transport_for(kind, service.endpoint, PoolConfig(max_connections=streams, timeout=120.0))
     warm_request = ChatRequest.create(MODEL, "hi", max_tokens=1)
     request = ChatRequest.create(MODEL, PROMPT, max_tokens=max_tokens, stream=True)
@@ -293,6 +322,9 @@ async def stream_ttft(
         except Exception as exc:
             errors[error_name(exc)] += 1
             return
+        finally:
+            if on_done is not None:
+                on_done()
         if first:
             ttft.append(first - t0)
         else:

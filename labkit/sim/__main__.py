@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (labkit.transports.tls)"
     )
     ap.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
+    ap.add_argument(
+        "--no-admin", action="store_true", help="serve no /admin routes, like a real provider (faults, limits, stats)"
+    )
     return ap.parse_args(argv)
 
 
@@ -81,6 +84,7 @@ async def _main(args: argparse.Namespace) -> None:
         max_sequences=args.max_sequences,
         max_body_bytes=args.max_body_bytes,
         profiles_path=args.profiles,
+        admin_routes=not args.no_admin,
     )
     runner, port = await serve(config, args.host, args.port, ssl_context=_ssl_context(args))
     _freeze_startup_objects()
@@ -90,7 +94,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def _freeze_startup_objects() -> None:
-    """Move what startup built (tokenizer tables, the answer corpus: tens of thousands of objects) out of the
+    """Move what startup built (the answer corpus and its token pools: tens of thousands of objects) out of the
     garbage collector's reach. Otherwise the first full collection under load scans them all and stalls every
     stream at once (measured here: about 80 ms added to every first token of a 100-stream burst). The youngest
     generation is collected every 50,000 allocations rather than 700: a burst of streams allocates fast, and fewer,

@@ -72,9 +72,11 @@ async def post_reset(request: web.Request) -> web.StreamResponse:
     return json_response({"status": "reset"})
 
 
-def add_routes(app: web.Application) -> None:
-    """Register /health and the /admin routes."""
+def add_routes(app: web.Application, *, admin_routes: bool = True) -> None:
+    """Register /health and, unless `admin_routes` is False (`--no-admin`), the /admin routes."""
     app.router.add_get("/health", health)
+    if not admin_routes:
+        return
     app.router.add_get("/admin/faults", get_faults)
     app.router.add_put("/admin/faults", put_faults)
     app.router.add_get("/admin/limits", get_limits)

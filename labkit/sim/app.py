@@ -134,7 +134,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
-    admin.add_routes(app)
+    admin.add_routes(app, admin_routes=config.admin_routes)
     return app
 
 

@@ -97,9 +97,8 @@ def draw_answer(profile: Profile, model: str, p: ChatParams, rng: random.Random)
     cap = p.max_tokens
     n = sampled if cap is None else min(cap, sampled)
     pool = pool_for(model)
-    return pool.generate(
-        rng, n, pool.topic_words(p.messages)
-    ), "length" if cap is not None and cap < sampled else "stop"
+    finish = "length" if cap is not None and cap < sampled else "stop"
+    return pool.generate(rng, n, pool.topic_words(p.messages), whole=finish == "stop"), finish
 
 
 def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class SimConfig:
     profiles_path: Path | None = None
     prefix_cache_entries: int = 200_000
     prefix_cache_ttl_s: float = 600.0
+    admin_routes: bool = True  # False (--no-admin): no /admin routes, as on a provider the lab did not start
 
     def load_profile(self) -> Profile:
         return load_profile(self.profile, self.profiles_path, self.ttft_s, self.tps, self.max_sequences)

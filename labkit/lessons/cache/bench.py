@@ -85,7 +85,8 @@ async def misses(tiers: list[Any], n: int, offset: int) -> dict[str, dict[str, f
 
 
 async def semantic_lookup(entries: int, queries: int, seed: int = 0) -> dict[str, Any]:
-    from labkit.cache.semantic import SemanticCache, load_pairs
+    from labkit.cache.evaluation import load_pairs
+    from labkit.cache.semantic import SemanticCache
 
     cache = SemanticCache(embed_in_thread=True)
     rng = np.random.default_rng(seed)

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from labkit.cache.semantic import load_pairs
+from labkit.cache.evaluation import load_pairs
 from labkit.chain import Handler
+from labkit.data import data_path
 from labkit.lab.workload import SpecFile, zipf_choices
 from labkit.pricing import cost
 from labkit.request import ChatRequest
@@ -68,7 +69,7 @@ def load_groups() -> list[Group]:
     usual: dict[str, str] = {}
     paraphrases: dict[str, list[str]] = {}
     negatives: dict[str, list[str]] = {}
-    for pair in load_pairs():
+    for pair in load_pairs(data_path("paraphrases.jsonl")):  # the lesson's question groups
         group = pair["group"]
         if pair["label"] == 1:
             usual.setdefault(group, pair["a"])

@@ -8,6 +8,9 @@
   each row's gain).
 - `experiment`: `measure` (one run on fresh services), `max_sustainable_rate` (the throughput row's doubling
   ladder), `concurrency_test`, `compare` (naive vs full) and `ablation`.
+- `arms`: the three arms of the guide's table (before, the guide's snippets, labkit), the time-compressed lab, the
+  95% Wilson interval; `guide_table`: `compare_arms` (the guide's table with its own figures beside), `lever_runs`,
+  `cost_breakdown` and `roadmap`.
 - `python -m labkit.lessons.capstone --bench [--quick]` runs the whole comparison and writes
   `build/bench/capstone.json`.
 
@@ -17,6 +20,16 @@ The notebook and the tests use the names below from here (`from labkit.lessons i
 from __future__ import annotations
 
 from labkit.lab.workload import zipf_weights
+from labkit.lessons.capstone.arms import (
+    GUIDE_FIGURES,
+    Arm,
+    arms,
+    levers,
+    run_arm,
+    scaled_spec,
+    start_scaled_lab,
+    wilson,
+)
 from labkit.lessons.capstone.experiment import (
     ERROR_BUDGET,
     ablation,
@@ -28,6 +41,15 @@ from labkit.lessons.capstone.experiment import (
     run_workload,
     set_faults,
     start_capstone_lab,
+)
+from labkit.lessons.capstone.guide_table import (
+    breakdown_frame,
+    compare_arms,
+    cost_breakdown,
+    guide_frame,
+    guide_rows,
+    lever_runs,
+    roadmap,
 )
 from labkit.lessons.capstone.run import (
     Call,
@@ -57,13 +79,17 @@ from labkit.lessons.capstone.workload import (
     generate,
     poisson_arrivals,
     settings,
+    trimmed,
+    without_deferred,
 )
 
 __all__ = [
     "ERROR_BUDGET",
+    "GUIDE_FIGURES",
     "ROWS",
     "TARGETS",
     "WORKLOADS_FILE",
+    "Arm",
     "Call",
     "IncompleteAnswer",
     "Item",
@@ -72,26 +98,41 @@ __all__ = [
     "WorkloadSpec",
     "ablation",
     "ablation_shares",
+    "arms",
     "before_after",
     "best_cost_change",
+    "breakdown_frame",
     "burst",
     "capacity",
     "chain_caller",
     "client_side_cost",
     "compare",
+    "compare_arms",
     "concurrency_test",
     "contexts",
+    "cost_breakdown",
     "generate",
+    "guide_frame",
+    "guide_rows",
+    "lever_runs",
+    "levers",
     "max_sustainable_rate",
     "measure",
     "naive_caller",
     "poisson_arrivals",
+    "roadmap",
+    "run_arm",
     "run_open_loop",
     "run_workload",
+    "scaled_spec",
     "set_faults",
     "settings",
     "start_capstone_lab",
+    "start_scaled_lab",
     "summarize",
+    "trimmed",
     "upstream_cost",
+    "wilson",
+    "without_deferred",
     "zipf_weights",
 ]

@@ -101,16 +101,19 @@ def start_capstone_lab(*, profile: str | None = None, endpoints: int | None = No
     return start_lab(sims=sims, redis=True, memcached=False, seed=seed)
 
 
-async def set_faults(lab: Any, total: float, retry_after_s: float) -> None:
+async def set_faults(lab: Any, total: float, retry_after_s: float, *, scale: float = 1.0) -> None:
     """Reset each simulated service, then set the fault mix and the limits (enforced per second, as OpenAI may:
-    a full bucket holds one second of the RPM/TPM, not a whole minute)."""
+    a full bucket holds one second of the RPM/TPM, not a whole minute). `scale` > 1 multiplies the limits for a
+    time-compressed lab (`labkit.lessons.capstone.arms`)."""
     from labkit.lessons.resilience import fault_mix
 
     limits = settings()["limits_per_endpoint"]
     for i, sim in enumerate(lab.sims):
         await sim.areset()
         await sim.aset_faults(fault_mix(total, retry_after_s=retry_after_s, seed=1000 + i))
-        await sim.aset_limits(rpm=limits["rpm"], tpm=limits["tpm"], burst_s=limits.get("burst_s", 1.0))
+        await sim.aset_limits(
+            rpm=round(limits["rpm"] * scale), tpm=round(limits["tpm"] * scale), burst_s=limits.get("burst_s", 1.0)
+        )
 
 
 async def measure(
@@ -124,22 +127,27 @@ async def measure(
     naive_cache: str = "redis",
     prompt_tokens: Sequence[int] | None = None,
     keep: bool = False,
+    max_tokens: int | str | None = "spec",
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """One run: fresh services state, a fresh client (`"naive"` or a `ChainConfig`), the workload, its summary.
 
     With `keep=True` the client is returned open in `result["client"]` (the ladder reuses it, caches warm).
+    `max_tokens`: `"spec"` sends the workload's, None sends none. `scale`: the lab's time compression (limits).
     """
     from labkit.assemble import ChainConfig, build_chain
     from labkit.lessons.naive import NaiveClient
 
-    await set_faults(lab, workload.spec.fault_total, workload.spec.retry_after_s)
+    limit = workload.spec.max_tokens if max_tokens == "spec" else max_tokens
+    assert limit is None or isinstance(limit, int)
+    await set_faults(lab, workload.spec.fault_total, workload.spec.retry_after_s, scale=scale)
     if client == "naive":
         naive = NaiveClient(lab.endpoints[0], cache=naive_cache, redis_url=lab.redis.url if lab.redis else None)
         naive.clear()  # its Redis keys outlive the client: every run starts as cold as the chain's caches
-        call, closer, describe = naive_caller(naive, model=model, max_tokens=workload.spec.max_tokens), naive, None
+        call, closer, describe = naive_caller(naive, model=model, max_tokens=limit), naive, None
     elif isinstance(client, ChainConfig):
         assembled = build_chain(client, lab)
-        call = chain_caller(assembled, model=model, max_tokens=workload.spec.max_tokens)
+        call = chain_caller(assembled, model=model, max_tokens=limit)
         closer, describe = assembled, assembled
     else:  # an already built client, reused (the ladder)
         call, closer, describe = client["call"], client["closer"], client.get("describe")
@@ -202,6 +210,7 @@ async def capacity(
     model: str = "gpt-4o",
     refine: int = 1,
     floor_rate: float | None = None,
+    error_budget: float = ERROR_BUDGET,
 ) -> dict[str, Any]:
     """The throughput row: the doubling ladder with an open client (caches warm from the table's run)."""
 
@@ -211,7 +220,12 @@ async def capacity(
         return await run_workload(lab, client["call"], wl, patience_s=patience_s, model=model, monthly_requests=1)
 
     return await max_sustainable_rate(
-        run_at, start_rate=start_rate, max_rate=max_rate, refine=refine, floor_rate=floor_rate
+        run_at,
+        start_rate=start_rate,
+        max_rate=max_rate,
+        refine=refine,
+        floor_rate=floor_rate,
+        error_budget=error_budget,
     )
 
 

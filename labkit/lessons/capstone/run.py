@@ -21,10 +21,20 @@ class IncompleteAnswer(RuntimeError):
     """A stream that ended without a finish_reason: the caller did not get a whole answer."""
 
 
-def chain_caller(assembled: Any, *, model: str, max_tokens: int) -> Call:
-    """Send an item through an `labkit.assemble.Assembled` chain; streams when its streaming switch is on."""
+def _cached(usage: Any) -> tuple[int, int]:
+    """(prompt tokens, of which cached) of an answer's usage: what provider prompt caching billed lower."""
+    if usage is None:
+        return 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    return int(usage.prompt_tokens or 0), int(getattr(details, "cached_tokens", 0) or 0) if details else 0
+
+
+def chain_caller(assembled: Any, *, model: str, max_tokens: int | None) -> Call:
+    """Send an item through an `labkit.assemble.Assembled` chain; streams when its streaming switch is on.
+    `max_tokens=None` sends none (the model's own length: the "before" arm)."""
     chain = assembled.chain
     stream = assembled.stream
+    limit = {"max_tokens": max_tokens} if max_tokens is not None else {}
 
     async def call(item: Item) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -33,10 +43,9 @@ def chain_caller(assembled: Any, *, model: str, max_tokens: int) -> Call:
         first = None
         tokens = 0
         source = None
+        usage = None
         if stream:
-            result = await chain.stream(
-                list(item.messages), model=model, max_tokens=max_tokens, temperature=0, controls=controls
-            )
+            result = await chain.stream(list(item.messages), model=model, temperature=0, controls=controls, **limit)
             source = result.info.get("cache_tier")
             finished = False
             async with result:
@@ -47,21 +56,25 @@ def chain_caller(assembled: Any, *, model: str, max_tokens: int) -> Call:
                         if choice.finish_reason:
                             finished = True
                     if chunk.usage is not None:
-                        tokens = chunk.usage.completion_tokens
+                        tokens, usage = chunk.usage.completion_tokens, chunk.usage
             if not finished:
                 raise IncompleteAnswer("the stream ended without a finish_reason")
         else:
             completion = await chain.complete(
-                list(item.messages), model=model, max_tokens=max_tokens, temperature=0, controls=controls
+                list(item.messages), model=model, temperature=0, controls=controls, **limit
             )
-            tokens = completion.usage.completion_tokens if completion.usage else 0
+            usage = completion.usage
+            tokens = usage.completion_tokens if usage else 0
         done = loop.time()
         upstream = bool(log)
         if upstream:
             source = "upstream"
         elif source is None:
             source = "no upstream call" if not stream else "coalesced"
+        prompt, cached = _cached(usage) if upstream else (0, 0)
         return {
+            "prompt_tokens": prompt,
+            "cached_tokens": cached,
             "first": first or done,
             "done": done,
             "upstream": upstream,
@@ -73,13 +86,17 @@ def chain_caller(assembled: Any, *, model: str, max_tokens: int) -> Call:
     return call
 
 
-def naive_caller(naive: Any, *, model: str, max_tokens: int) -> Call:
+def naive_caller(naive: Any, *, model: str, max_tokens: int | None) -> Call:
     """Send an item through a `labkit.lessons.naive.NaiveClient` (whole answers: first byte = whole answer)."""
+    limit = {"max_tokens": max_tokens} if max_tokens is not None else {}
 
     async def call(item: Item) -> dict[str, Any]:
-        _text, usage, source = await naive.ask(list(item.messages), model=model, max_tokens=max_tokens, temperature=0)
+        _text, usage, source = await naive.ask(list(item.messages), model=model, temperature=0, **limit)
         done = asyncio.get_running_loop().time()
+        prompt, cached = _cached(usage)
         return {
+            "prompt_tokens": prompt,
+            "cached_tokens": cached,
             "first": done,
             "done": done,
             "upstream": source == "upstream",
@@ -141,6 +158,8 @@ async def run_open_loop(
             "attempts": 0,
             "source": None,
             "completion_tokens": 0,
+            "prompt_tokens": 0,
+            "cached_tokens": 0,
             "start_lag_s": loop.time() - scheduled,
         }
         try:
@@ -154,6 +173,8 @@ async def run_open_loop(
                 attempts=out["attempts"],
                 source=out["source"],
                 completion_tokens=out["completion_tokens"],
+                prompt_tokens=out.get("prompt_tokens", 0),
+                cached_tokens=out.get("cached_tokens", 0),
             )
         except TimeoutError:
             row["error"] = "gave up (patience)"

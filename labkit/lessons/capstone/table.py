@@ -37,10 +37,10 @@ TARGETS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
 }
 
 
-def _usd(model: str, prompt_tokens: float, generated_tokens: float) -> float:
-    """The price of the tokens at the lab's table (input price for the prompt: cached-input discounts are left out,
-    the same for both clients); an unknown model is an error, not a free run."""
-    usd = pricing.cost(model, prompt_tokens, generated_tokens)  # type: ignore[arg-type]  # token sums as floats
+def _usd(model: str, prompt_tokens: float, generated_tokens: float, cached_tokens: float = 0.0) -> float:
+    """The price of the tokens at the lab's table (cached prompt tokens at the cached-input price, as the provider
+    bills what `usage.prompt_tokens_details.cached_tokens` reports); an unknown model is an error, not a free run."""
+    usd = pricing.cost(model, prompt_tokens, generated_tokens, cached_tokens)  # type: ignore[arg-type]  # float sums
     if usd is None:
         raise ValueError(f"no price for {model!r} in data/pricing.json")
     return usd
@@ -52,12 +52,13 @@ def upstream_cost(
     *,
     prompt_tokens_per_upstream: float,
     model: str = "gpt-4o",
+    cached_share: float = 0.0,
 ) -> dict[str, Any]:
     """What the services did between two snapshots of their `/admin/stats`, and its price.
 
     Billed: every generated token (also of dropped, hedged and cancelled answers: providers bill what they
-    generated) and the prompt of every request the service answered with status 200, at the table's input price
-    (cached-input discounts are left out, the same for both clients).
+    generated) and the prompt of every request the service answered with status 200, `cached_share` of it (the
+    share the answers' usage reported as cached) at the cached-input price.
     """
 
     def total(stats: Sequence[Mapping[str, Any]] | None, field: str) -> float:
@@ -71,13 +72,15 @@ def upstream_cost(
     generated = total(end, "tokens_generated") - total(boundary, "tokens_generated")
     requests = total(end, "requests_total") - total(boundary, "requests_total")
     prompt = answered * prompt_tokens_per_upstream
-    usd = _usd(model, prompt, generated)
+    cached = prompt * cached_share
     return {
         "upstream_requests": requests,
         "answered_200": answered,
         "prompt_tokens": prompt,
+        "cached_tokens": cached,
         "tokens_generated": generated,
-        "cost_usd": usd,
+        "cost_usd": _usd(model, prompt, generated, cached),
+        "cost_without_prompt_cache_usd": _usd(model, prompt, generated),
     }
 
 
@@ -89,13 +92,15 @@ def client_side_cost(rows: Sequence[Mapping[str, Any]], prompt_tokens: Sequence[
     upstream = [r for r in rows if r["ok"] and r["upstream"]]
     prompt = float(sum(prompt_tokens[r["index"]] for r in upstream))
     generated = float(sum(r["completion_tokens"] for r in upstream))
-    usd = _usd(model, prompt, generated)
+    cached = float(sum(r.get("cached_tokens", 0) for r in upstream))
     return {
         "upstream_requests": float(len(upstream)),
         "answered_200": float(len(upstream)),
         "prompt_tokens": prompt,
+        "cached_tokens": cached,
         "tokens_generated": generated,
-        "cost_usd": usd,
+        "cost_usd": _usd(model, prompt, generated, cached),
+        "cost_without_prompt_cache_usd": _usd(model, prompt, generated),
         "source": "the answers' usage (client side)",
     }
 
@@ -123,9 +128,17 @@ def summarize(
     everyone = result.rows  # the cost is over the whole run (see `run_workload`), warm-up included
     up_idx = [r["index"] for r in everyone if r["upstream"] is not False]
     per_upstream = statistics.fmean(prompt_tokens[i] for i in up_idx) if up_idx else 0.0
+    reported = [r for r in everyone if r["upstream"] and r.get("prompt_tokens")]
+    cached_share = (
+        sum(r["cached_tokens"] for r in reported) / sum(r["prompt_tokens"] for r in reported) if reported else 0.0
+    )
     if result.boundary_stats or result.end_stats:
         cost = upstream_cost(
-            result.boundary_stats, result.end_stats, prompt_tokens_per_upstream=per_upstream, model=model
+            result.boundary_stats,
+            result.end_stats,
+            prompt_tokens_per_upstream=per_upstream,
+            model=model,
+            cached_share=cached_share,
         )
         cost["source"] = "the services' counters"
     else:  # a real endpoint has no /admin/stats: price what the answers' usage says (retries and hedges unseen)
@@ -151,6 +164,7 @@ def summarize(
         "cost_usd": cost["cost_usd"],
         "cost_per_request_usd": per_request,
         "cost_month_usd": per_request * monthly_requests,
+        "cached_prompt_share": cached_share,
         "upstream": cost,
     }
 

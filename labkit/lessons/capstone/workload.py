@@ -104,6 +104,8 @@ class WorkloadSpec:
     seed: int = 0
     description: str = ""
     basis: str = "assumed"
+    trim_keep: float = 1.0  # the share of each context's reference text that prompt trimming keeps
+    defer_share: float = 0.0  # the share of requests whose answers can wait (the Batch API lever)
 
     def __post_init__(self) -> None:
         if not self.rate_per_s > 0 or not self.duration_s > 0 or self.warmup_s < 0:
@@ -114,6 +116,8 @@ class WorkloadSpec:
             raise ValueError("n_distinct and contexts must be at least 1")
         if not 0 <= self.paraphrase_share <= 1 or not 0 <= self.fault_total < 1:
             raise ValueError("paraphrase_share must be in [0, 1] and fault_total in [0, 1)")
+        if not 0 < self.trim_keep <= 1 or not 0 <= self.defer_share <= 1:
+            raise ValueError("trim_keep must be in (0, 1] and defer_share in [0, 1]")
         if not 0 < self.prompt_min <= self.prompt_max or self.prompt_sigma < 0 or self.max_tokens < 1:
             raise ValueError("prompt lengths need 0 < prompt_min <= prompt_max, prompt_sigma >= 0, max_tokens >= 1")
 
@@ -147,6 +151,8 @@ class WorkloadSpec:
             "seed": w.get("seed", 0),
             "description": w.get("description", ""),
             "basis": pop.get("basis", "assumed"),
+            "trim_keep": w.get("trim_keep", 1.0),
+            "defer_share": w.get("defer_share", 0.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -166,6 +172,7 @@ class Item:
     context: int
     wording: str  # "usual" or "paraphrase"
     messages: tuple[Mapping[str, str], ...]
+    deferrable: bool = False  # its answer can wait (a report, a digest): the Batch API may serve it
 
     @property
     def text(self) -> str:
@@ -267,6 +274,7 @@ def generate(spec: WorkloadSpec, groups: Sequence[Any] | None = None) -> Workloa
     texts, lengths = contexts(spec)
     times = poisson_arrivals(spec.rate_per_s, spec.warmup_s + spec.duration_s, rng)
     drawn = zipf_choices(rng, range(spec.n_distinct), spec.exponent, len(times))
+    defer_rng = random.Random(f"defer:{spec.seed}")  # its own stream: the other draws stay as they were
     items = []
     for i, (at, m) in enumerate(zip(times, drawn, strict=True)):
         g, c = meanings[m]
@@ -276,8 +284,37 @@ def generate(spec: WorkloadSpec, groups: Sequence[Any] | None = None) -> Workloa
         else:
             text, wording = group.usual, "usual"
         messages = ({"role": "system", "content": texts[c]}, {"role": "user", "content": text})
-        items.append(Item(i, at, at < spec.warmup_s, m, c, wording, messages))
+        deferrable = defer_rng.random() < spec.defer_share
+        items.append(Item(i, at, at < spec.warmup_s, m, c, wording, messages, deferrable))
     return Workload(spec, tuple(items), tuple(lengths))
+
+
+def trimmed(workload: Workload) -> Workload:
+    """The same requests with each context's reference text cut to `spec.trim_keep` of its words (the checklist's
+    "optimise the prompt length"). The simulated answers do not depend on the text, so what trimming costs in answer
+    quality is not measured here: choose the share on real traffic."""
+    keep = workload.spec.trim_keep
+    if keep >= 1:
+        return workload
+
+    def cut(text: str) -> str:
+        head, sep, body = text.partition(": ")
+        words = body.split(" ")
+        return head + sep + " ".join(words[: max(1, round(len(words) * keep))])
+
+    items = tuple(
+        dataclasses.replace(
+            item, messages=({**item.messages[0], "content": cut(item.messages[0]["content"])}, *item.messages[1:])
+        )
+        for item in workload.items
+    )
+    return Workload(workload.spec, items, workload.context_tokens)
+
+
+def without_deferred(workload: Workload) -> tuple[Workload, list[Item]]:
+    """The online part of the workload and the requests that can wait (sent through the Batch API instead)."""
+    online = tuple(i for i in workload.items if not i.deferrable)
+    return Workload(workload.spec, online, workload.context_tokens), [i for i in workload.items if i.deferrable]
 
 
 def burst(workload: Workload, n: int) -> Workload:
@@ -305,4 +342,6 @@ __all__ = [
     "generate",
     "poisson_arrivals",
     "settings",
+    "trimmed",
+    "without_deferred",
 ]

@@ -1,4 +1,4 @@
-"""What in-flight coalescing costs per request: `python -m labkit.dedup --bench [--out build/bench/dedup.json]`.
+"""What in-flight coalescing costs per request: `python -m labkit.lessons.dedup --bench [--out build/bench/dedup.json]`.
 
 The upstream is an in-memory handler that answers after one event-loop turn, so everything measured is the
 client-side CPU of the chain. Figures (µs per request, medians of `--repeats` runs):
@@ -154,7 +154,7 @@ async def _drain(stream: ChunkStream) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.dedup --bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m labkit.lessons.dedup --bench", description=__doc__)
     parser.add_argument("--bench", action="store_true", help="run the benchmark (the only action)")
     parser.add_argument("--out", default="build/bench/dedup.json")
     parser.add_argument("-n", type=int, default=5000)

@@ -7,7 +7,7 @@ or as shipped. `headline_configs` lists them, so the benchmark, the notebook and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from labkit.assemble import Assembled, ChainConfig, build_chain
@@ -72,11 +72,12 @@ async def headline(
     first_token_timeout_s: float,
     seed: int,
     arms: Sequence[str] = HEADLINE_ARMS,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The failure share seen by the caller under `faults` injected faults, per arm (see the notebook, part 5).
 
     Each arm gets `counters` (`chain_counters`: the retry layer's `resumed`, `resume_diverged`, ...) beside its
-    figures.
+    figures. `tick()` is called after each request (a progress bar).
     """
     configs = headline_configs(
         len(lab.endpoints), deadline_s=deadline_s, first_token_timeout_s=first_token_timeout_s, seed=seed
@@ -90,7 +91,7 @@ async def headline(
             await sim.areset()
             await sim.aset_faults(fault_mix(faults, seed=seed * 100 + i))
         async with build_chain(configs[name], lab.endpoints) as built:
-            rows = await run_workload(built.chain, n, concurrency=concurrency, deadline_s=deadline_s + 1.0)
+            rows = await run_workload(built.chain, n, concurrency=concurrency, deadline_s=deadline_s + 1.0, tick=tick)
         stats = [await sim.astats() for sim in lab.sims]
         summary = summarize_runs(rows)
         prompt = summary["prompt_tokens"] / max(1, n - summary["failed"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from labkit.assemble import ChainConfig, build_chain
@@ -36,6 +36,7 @@ async def breaker_timeline(
     concurrency: int = 4,
     seed: int = 0,
     breaker: Mapping[str, Any] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Two primaries (`s0`, `s1`) with breakers and a retry layer, the third service as a `gpt-4o-mini` fallback.
 
@@ -75,7 +76,12 @@ async def breaker_timeline(
     t0 = time.monotonic()  # the breakers' clock
     try:
         rows = await run_workload(
-            built.chain, len(BREAKER_PHASES) * phase_len, concurrency=concurrency, before=switch, max_tokens=20
+            built.chain,
+            len(BREAKER_PHASES) * phase_len,
+            concurrency=concurrency,
+            before=switch,
+            max_tokens=20,
+            tick=tick,
         )
     finally:
         await built.aclose()
@@ -119,6 +125,7 @@ async def compare_balancers(
     phases: Sequence[tuple[str, Mapping[str, Any]]] = BALANCING_PHASES,
     concurrency: int = 8,
     seed: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The same workload per strategy; the first backend changes behaviour at each phase (faults at run time).
 
@@ -148,7 +155,9 @@ async def compare_balancers(
                 await target.aset_faults({**phases[i // per_phase][1], "seed": seed})
 
         try:
-            rows = await run_workload(built.chain, per_phase * len(phases), concurrency=concurrency, before=before)
+            rows = await run_workload(
+                built.chain, per_phase * len(phases), concurrency=concurrency, before=before, tick=tick
+            )
         finally:
             await built.aclose()
         for row in rows:
@@ -176,6 +185,7 @@ async def compare_hedging(
     tail_delay_s: float = 1.0,
     concurrency: int = 8,
     seed: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """TTFT without and with hedging when `tail_rate` of first bytes take `tail_delay_s` longer, on every backend."""
     out: dict[str, Any] = {}
@@ -194,7 +204,7 @@ async def compare_hedging(
             await sim.aset_faults({"slow_first_byte": {"rate": tail_rate, "delay_s": tail_delay_s}, "seed": seed + i})
         built = build_chain(config, lab.endpoints)
         try:
-            rows = await run_workload(built.chain, n, concurrency=concurrency)
+            rows = await run_workload(built.chain, n, concurrency=concurrency, tick=tick)
         finally:
             await built.aclose()
         # a loser cancelled while its service slept on a slow first byte is noticed when the service wakes up

@@ -104,12 +104,14 @@ async def run_workload(
     stream: bool = True,
     params: Mapping[str, Any] | None = None,
     before: Callable[[int], Awaitable[None]] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Send `n` requests, `concurrency` at a time, and report each as the caller saw it.
 
     A request fails for the caller if it raised, if its stream ended without a `finish_reason`, or if it was not
     done within `deadline_s` (the caller's patience: the same for every arm of a comparison). `before(i)` runs
-    before request `i` starts (a notebook switches faults mid-run with it). Rows carry `ok`, `error` (a class
+    before request `i` starts (a notebook switches faults mid-run with it); `tick()` after each one ends (a
+    progress bar). Rows carry `ok`, `error` (a class
     name), `ttft_s`, `total_s`, usage and the endpoints tried (from `route_log`, where the chain has a balancer).
     """
     if n < 0 or concurrency < 1:
@@ -128,6 +130,8 @@ async def run_workload(
             )
             row["t_end"] -= t0
             rows.append(row)
+            if tick is not None:
+                tick()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     rows.sort(key=lambda r: r["i"])

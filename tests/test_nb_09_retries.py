@@ -1,4 +1,4 @@
-"""06_resilience: the failure shares as the caller saw them, and what retries, breakers, balancers and hedges did."""
+"""09_retries: the failure shares as the caller saw them, and what retries, breakers, balancers and hedges did."""
 
 import pytest
 from nbrun import run_notebook
@@ -13,7 +13,7 @@ ARMS = ["no retries", "SDK retries (max_retries=2)", "labkit chain", "labkit cha
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return run_notebook(
-        "06_resilience",
+        "09_retries",
         tmp_path_factory.mktemp("nb06"),
         N_HEADLINE=400,
         HEADLINE_ARMS=ARMS,

@@ -1,4 +1,4 @@
-"""04_caching: the common advice measured, tier latency, the workload with and without the semantic cache, the
+"""06_cache_tiers: the common advice measured, tier latency, the workload with and without the semantic cache, the
 threshold on labelled pairs, stream replay, controls, and a Redis outage, executed with papermill at small sizes."""
 
 import os
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.notebook
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return run_notebook(
-        "04_caching",
+        "06_cache_tiers",
         tmp_path_factory.mktemp("nb04"),
         PROFILE="fast",
         MODEL="gpt-4o",
@@ -63,12 +63,21 @@ def test_the_semantic_cache_adds_hits_without_serving_wrong_answers(results):
         assert 0 < run["cost saved"] < 1
 
 
-def test_the_threshold_is_checked_on_held_out_pairs(results):
+def test_the_semantic_decision_is_checked_on_held_out_kinds(results):
     ev = results["semantic_eval"]
-    assert ev["heldout"]["false_hit_rate"] < 0.01
-    assert ev["heldout_cosine_only"]["false_hit_rate"] > 0.1
+    assert ev["heldout_cosine_only"]["false_hit_rate"] > 0.3
     _low, high = ev["heldout"]["false_hit_rate_ci95"]
-    assert high < 0.06  # the top of the guarded rate's 95 % interval: fewer than 6 wrong answers in 100 served
+    assert high < 0.2  # the top of the guarded rate's 95 % interval (tests/test_would_serve.py states why 20 %)
+    assert ev["unseen_kinds_negatives_served"] <= 3
+
+
+def test_the_lesson_reports_each_kind_and_the_embedding_cost(results):
+    ev = results["semantic_eval"]
+    held_out_kinds = {"qualified_entity", "question_word", "method_tool", "templated_slot", "antonym"}
+    assert held_out_kinds <= ev["heldout_per_kind"].keys()
+    assert "paraphrase" in ev["tuning_per_kind"] and 0 < ev["heldout_per_kind"]["paraphrase"]["recall"] < 1
+    assert {row["option"] for row in ev["options"]} >= {"cosine alone", "full guard (the default)"}
+    assert results["semantic_embed_ms_per_lookup"] > 0
 
 
 def test_a_replayed_stream_has_the_same_text_and_the_paced_one_keeps_its_timing(results):

@@ -1,4 +1,5 @@
-"""07_monitoring: the common advice's monitor measured, labkit's metrics, stages, Prometheus, dashboard, alerts."""
+"""11_monitoring: the guide's monitor measured, a minimal DDSketch and burn-rate alert, then labkit's metrics,
+stages, Prometheus, dashboard and alerts."""
 
 import re
 
@@ -13,7 +14,7 @@ NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return run_notebook(
-        "07_monitoring",
+        "11_monitoring",
         tmp_path_factory.mktemp("nb07"),
         PROFILE="fast",
         MODEL="gpt-4o",
@@ -33,11 +34,19 @@ def results(tmp_path_factory):
     )
 
 
-def test_the_list_grows_with_traffic_and_the_histogram_does_not(results):
-    small, large = results["memory"][0], results["memory"][-1]
-    assert large["list_MB"] > 20 * small["list_MB"]
-    assert large["histogram_MB"] < 3 * small["histogram_MB"] + 0.01
-    assert large["histogram_p95_rel_error"] <= 0.01
+def test_the_list_grows_with_traffic_and_the_sketches_do_not(results):
+    memory = results["memory"]
+    lst = memory["the guide's list"]
+    assert lst[-1]["MB"] > 20 * lst[0]["MB"]
+    for name in ("MiniSketch", "labkit Histogram"):
+        small, large = memory[name][0], memory[name][-1]
+        assert large["MB"] < 3 * small["MB"] + 0.01, name
+        assert all(row["p95_rel_error"] <= 0.01 * (1 + 1e-9) for row in memory[name]), name
+
+
+def test_reading_a_p95_from_the_list_costs_more_than_from_the_sketch(results):
+    memory = results["memory"]
+    assert memory["the guide's list"][-1]["p95_read_ms"] > memory["MiniSketch"][-1]["p95_read_ms"]
 
 
 def test_a_clock_step_corrupts_the_guides_figures_and_not_the_monotonic_ones(results):
@@ -46,13 +55,17 @@ def test_a_clock_step_corrupts_the_guides_figures_and_not_the_monotonic_ones(res
     assert clock["wall_min_ms"] < 0 and clock["guide_p95_ms"] > 5 * clock["true_p95_ms"]
 
 
-def test_the_guide_has_no_early_p95_and_the_histogram_has_one(results):
+def test_the_guide_has_no_early_p95_and_the_sketch_has_one(results):
     for row in results["early"]:
         assert (row["guide p95 (s)"] is None) == (row["requests"] <= 20)
-        assert row["histogram p95 (s)"] is not None
+        assert row["sketch p95 (s)"] is not None
 
 
-def test_histogram_percentiles_match_the_exact_ones_within_the_bound(results):
+def test_the_minimal_sketch_matches_exact_percentiles_within_its_bound(results):
+    assert all(row["relative error"] <= 0.01 * (1 + 1e-9) for row in results["sketch_check"])
+
+
+def test_histogram_percentiles_match_the_exact_ones_of_the_load_within_the_bound(results):
     assert all(row["relative error"] <= 0.0101 for row in results["quantile_check"])
 
 

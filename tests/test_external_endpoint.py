@@ -1,0 +1,208 @@
+"""Every notebook runs to its end against an endpoint the lab did not start (issue 13, items 3 and 4).
+
+The simulated service is started here, by the test, as an external server with its admin routes switched off
+(`--no-admin`), and the kernel finds it only through `OPENAI_BASE_URL`/`OPENAI_API_KEY`, as a learner's real
+provider. Each notebook must then skip, in one visible line, exactly the sections that need fault injection,
+rate-limit control or the service's counters, and list them under "skipped" in its results JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nbrun import NOTEBOOKS, run_notebook
+
+from labkit.endpoint import LOCAL_API_KEY, Endpoint
+from labkit.lab.services import SimService, start_lab, start_sim
+
+pytestmark = [pytest.mark.notebook, pytest.mark.timeout(180)]
+
+EXTERNAL_KEY = "sk-external-provider"
+
+#: Each notebook's test sizes (as its tests/test_nb_*.py passes them, trimmed where a size only sharpens a
+#: measurement that the external run skips anyway) and the sections it must skip against an external endpoint.
+CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "00_index": ({"PROFILE": "fast", "MODEL": "gpt-4o-mini", "N_REQUESTS": 6, "MAX_TOKENS": 30}, []),
+    "01_batching": (
+        {
+            "SIM_TTFT": 0.05,
+            "SIM_TPS": 1000.0,
+            "N_ITEMS": 20,
+            "RPM": 1200,
+            "TPM": 60_000,
+            "BURST_S": 0.5,
+            "SWEEP": [2, 8],
+        },
+        ["gather against the rate limit", "a semaphore", "the token bucket", "the admission layer"],
+    ),
+    "02_dedup": (
+        {
+            "PROFILE": "fast",
+            "SIM_TPS": 100,
+            "MODEL": "gpt-4o",
+            "MAX_TOKENS": 20,
+            "N_CONCURRENT": 8,
+            "N_WORKERS": 2,
+            "WORKER_REQUESTS": 2,
+            "N_REQUESTS": 40,
+            "N_DISTINCT": 60,
+            "BURST_SIZE": 10,
+            "ZIPF_EXPONENT": 1.5,
+            "BURST_GAP_S": 0.3,
+        },
+        ["the server's own call counts", "errors reach every waiter"],
+    ),
+    "03_streaming": (
+        {
+            "PROFILE": "bench-prefill",
+            "MODEL": "gpt-4o",
+            "PROFILE_B": "fast",
+            "MODEL_B": "gpt-4o-mini",
+            "MAX_TOKENS_SWEEP": [8, 40],
+            "PROMPT_TOKENS_SWEEP": [100, 2000],
+            "REPEATS": 2,
+            "CONCURRENCY": 8,
+            "PREFIX_TOKENS": 1500,
+            "HISTORY_TURNS": 12,
+            "HISTORY_BUDGET": 400,
+            "LIVE_MAX_TOKENS": 50,
+            "STOP_AFTER_TOKENS": 10,
+        },
+        ["2 · the server's disconnect count", "3 · broken streams"],
+    ),
+    "06_cache_tiers": (
+        {
+            "PROFILE": "fast",
+            "MODEL": "gpt-4o",
+            "SIM_TPS": 400,
+            "MAX_TOKENS": 20,
+            "LAG_REQUESTS": 100,
+            "WARM_KEYS": 5,
+            "HIT_SAMPLES": 100,
+            "MISS_SAMPLES": 3,
+            "N_REQUESTS": 60,
+            "CONCURRENCY": 1,
+            "OUTAGE_REQUESTS": 30,
+            "OUTAGE_GAP_S": 0.05,
+            "OUTAGE_RETRY_S": 0.2,
+        },
+        [],
+    ),
+    "08_pooling": (
+        {
+            "REQUESTS": 24,
+            "CONCURRENCY": 8,
+            "POOL_SIZE": 2,
+            "POOL_CALLERS": 16,
+            "TRANSPORT_REQUESTS": 128,
+            "TRANSPORT_CONCURRENCY": 32,
+            "STREAMS": 40,
+            "STREAM_TOKENS": 10,
+        },
+        [
+            "Build it · a client per request vs one pooled client",
+            "The labkit layer · ClientPool",
+            "The labkit layer · pool limits",
+            "The labkit layer · transports compared",
+        ],
+    ),
+    "09_retries": (
+        {
+            "N_HEADLINE": 100,
+            "CONCURRENCY": 16,
+            "DEADLINE_S": 4.0,
+            "N_SICK": 30,
+            "N_BREAKER": 60,
+            "N_BALANCE": 120,
+            "N_HEDGE": 100,
+        },
+        [
+            "1 · the decision table",
+            "1 · a retry budget",
+            "2 · circuit breaking and fallback",
+            "3 · load balancing",
+            "4 · hedged requests",
+            "5 · the headline",
+        ],
+    ),
+    "11_monitoring": (
+        {
+            "PROFILE": "fast",
+            "MODEL": "gpt-4o",
+            "RATE_RPS": 25.0,
+            "PHASE_S": 3.0,
+            "MAX_TOKENS": 10,
+            "N_PROMPTS": 30,
+            "MEMORY_SWEEP": [1000, 10_000, 50_000],
+            "DASH_WINDOW_S": 2.0,
+            "REFRESH_S": 0.25,
+            "ALERT_LONG_S": 6.0,
+            "ALERT_SHORT_S": 2.0,
+        },
+        ["the faults phase of the load", "the alerts after the faults"],
+    ),
+    "08_capstone": (
+        {
+            "RATE": 20,
+            "DURATION_S": 1.2,
+            "WARMUP_S": 1.5,
+            "PATIENCE_S": 5.5,
+            "LADDER": False,
+            "ABLATION": ["cache+semantic"],
+            "ABLATION_DURATION_S": 1.2,
+            "ABLATION_WARMUP_S": 1.5,
+            "CONCURRENT_USERS": 200,
+        },
+        ["the injected faults"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def external() -> Iterator[SimService]:
+    """The simulated service as a provider the lab did not start: no /admin routes, one key it accepts."""
+    service = start_sim("fast", seed=7, no_admin=True, api_key=[EXTERNAL_KEY])
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_a_server_the_lab_did_not_start_is_not_simulated_even_with_the_local_key(
+    external: SimService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", external.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", LOCAL_API_KEY)  # the simulator's own placeholder key
+    lab = start_lab(redis=False, memcached=False)
+    assert (lab.simulated, [e.is_simulated for e in lab.endpoints]) == (False, [False])
+    assert not Endpoint(external.base_url, LOCAL_API_KEY).is_simulated
+
+
+def test_a_service_the_lab_started_is_simulated(external: SimService) -> None:
+    assert external.endpoint.is_simulated
+
+
+def test_the_external_service_serves_no_admin_routes(external: SimService) -> None:
+    headers = {"Authorization": f"Bearer {EXTERNAL_KEY}"}
+    assert httpx.get(f"{external.url}/admin/stats", headers=headers).status_code == 404
+    assert httpx.get(f"{external.base_url}/models", headers=headers).status_code == 200
+
+
+def test_every_notebook_has_an_external_case() -> None:
+    assert sorted(CASES) == sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebook_completes_against_an_external_endpoint_and_lists_its_skips(
+    name: str, external: SimService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parameters, skipped = CASES[name]
+    # papermill's kernel is a subprocess of this one: it inherits this environment
+    monkeypatch.setenv("OPENAI_BASE_URL", external.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", EXTERNAL_KEY)
+    results = run_notebook(name, tmp_path, **parameters)
+    assert results["skipped"] == skipped
