@@ -9,7 +9,7 @@ Outermost first::
 
 `build_chain(config, upstream)` returns an `Assembled`: the chain, its parts (to read their counters) and which
 switches were on and off. Every chain in the repository comes from here: the capstone's full chain and its
-ablation (`ChainConfig().without("hedge")`), lesson 06's resilience stack (`ChainConfig.preset("resilience")`),
+ablation (`ChainConfig().without("hedge")`), lessons 09-10's resilience stack (`ChainConfig.preset("resilience")`),
 the web chat, lesson 02's measurement and the worker processes. Layers never import each other; this module is
 the exception by design. Its imports are plain: a missing dependency fails at import, never as a chain that
 silently lacks a layer.

@@ -2,7 +2,7 @@
 
 Every layer of the full chain is a boolean switch (`SWITCHES`, outermost first) and every number is that layer's
 setting, so a lesson's variant is a config change, never a second builder: the capstone's ablation is
-`ChainConfig().without("hedge")`, lesson 06's chain is `ChainConfig.preset("resilience")`, and an arm of its
+`ChainConfig().without("hedge")`, lessons 09-10's chain is `ChainConfig.preset("resilience")`, and an arm of its
 comparison is `ChainConfig.preset("resilience", retry=False, strategy="round_robin")`.
 A config is plain data (no objects), so it also comes from a config file's section: `config_from_mapping`.
 """
@@ -119,11 +119,11 @@ class ChainConfig:
     stream_timeout_s: float | None = None  # a whole stream's limit (a timer per chunk, so off by default)
     total_timeout_s: float = 30.0  # the transport's timeout for one attempt
     pooling: bool = True
-    # the lean aiohttp transport: `python -m labkit.lessons.pooling` (lesson 05, part 5) measures it adding the least
+    # the lean aiohttp transport: `python -m labkit.lessons.pooling` (lesson 08) measures it adding the least
     # TTFT and client CPU of the three transports at 100, 500 and 1000 concurrent streams, the capstone's range
     lean: bool = True
     max_connections: int = 1024
-    sdk_max_retries: int = 0  # the SDK's own retries (lesson 06 compares them); refused together with `retry`
+    sdk_max_retries: int = 0  # the SDK's own retries (lesson 09 compares them); refused together with `retry`
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -185,7 +185,7 @@ class ChainConfig:
 
 
 #: Named configs. "default" is the full chain; "bare" is a pooled official SDK client and nothing else (the base
-#: a lesson switches its one layer on over); "resilience" is lesson 06's chain: retry -> balancer -> per endpoint
+#: a lesson switches its one layer on over); "resilience" is lessons 09-10's chain: retry -> balancer -> per endpoint
 #: circuit breaker -> first-token guard -> pooled SDK transport (the lesson compares it with the SDK's own retries,
 #: so it keeps the SDK under it).
 PRESETS: dict[str, ChainConfig] = {

@@ -10,7 +10,7 @@ is what a plain call would have waited anyway. This module gives them names and 
   usage (reported, or estimated from the partial text with `labkit.tokens` when no usage chunk arrived).
 - The stream guard layer (`labkit.layers.guard.StreamGuard`) turns what breaks after the first chunk into a
   `labkit.errors.MidStreamError` with the partial text, and times the first token apart from the whole stream.
-- `trim_history()` keeps a conversation under a token budget (a request-side lever of lesson 03).
+- `trim_history()` keeps a conversation under a token budget (a request-side lever of lesson 04).
 
 """
 

@@ -63,17 +63,28 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
             "PROFILE_B": "fast",
             "MODEL_B": "gpt-4o-mini",
             "MAX_TOKENS_SWEEP": [8, 40],
+            "REPEATS": 2,
+            "CONCURRENCY": 8,
+            "LIVE_MAX_TOKENS": 50,
+            "STOP_AFTER_TOKENS": 10,
+        },
+        ["broken streams", "the server's disconnect count"],
+    ),
+    "04_request_levers": (
+        {
+            "PROFILE": "bench-prefill",
+            "MODEL": "gpt-4o",
             "PROMPT_TOKENS_SWEEP": [100, 2000],
+            "MAX_TOKENS": 8,
             "REPEATS": 2,
             "CONCURRENCY": 8,
             "PREFIX_TOKENS": 1500,
             "HISTORY_TURNS": 12,
             "HISTORY_BUDGET": 400,
-            "LIVE_MAX_TOKENS": 50,
-            "STOP_AFTER_TOKENS": 10,
         },
-        ["2 · the server's disconnect count", "3 · broken streams"],
+        [],
     ),
+    "05_webchat": ({"PROFILE": "bench", "MODEL": "gpt-4o", "MAX_TOKENS": 30}, []),
     "06_cache_tiers": (
         {
             "PROFILE": "fast",
@@ -90,6 +101,10 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
             "OUTAGE_GAP_S": 0.05,
             "OUTAGE_RETRY_S": 0.2,
         },
+        [],
+    ),
+    "07_semantic_cache": (
+        {"PROFILE": "fast", "MODEL": "gpt-4o", "SIM_TPS": 400, "MAX_TOKENS": 20, "N_REQUESTS": 30, "CONCURRENCY": 1},
         [],
     ),
     "08_pooling": (
@@ -111,22 +126,27 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         ],
     ),
     "09_retries": (
-        {
-            "N_HEADLINE": 100,
-            "CONCURRENCY": 16,
-            "DEADLINE_S": 4.0,
-            "N_SICK": 30,
-            "N_BREAKER": 60,
-            "N_BALANCE": 120,
-            "N_HEDGE": 100,
-        },
+        {"N_CALLS": 20, "N_HEADLINE": 20, "CONCURRENCY": 8, "DEADLINE_S": 3.0, "N_SICK": 10},
         [
-            "1 · the decision table",
-            "1 · a retry budget",
-            "2 · circuit breaking and fallback",
-            "3 · load balancing",
-            "4 · hedged requests",
-            "5 · the headline",
+            "The common advice · under faults",
+            "The common advice · pitfalls",
+            "Build it · the retry loop under faults",
+            "Build it · a retry budget",
+            "The labkit layer · the decision table",
+            "The labkit layer · the retry budget",
+            "The labkit layer · failures per arm",
+        ],
+    ),
+    "10_breakers": (
+        {"N_CALLS": 12, "N_SICK": 10, "N_HEDGE": 20, "N_BREAKER": 30, "N_BALANCE": 30},
+        [
+            "The common advice · round robin",
+            "Build it · a breaker on a sick upstream",
+            "Build it · P2C on a slow upstream",
+            "Build it · hedging at p90",
+            "The labkit layer · the breaker timeline",
+            "The labkit layer · balancing",
+            "The labkit layer · hedging",
         ],
     ),
     "11_monitoring": (
@@ -145,7 +165,7 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         },
         ["the faults phase of the load", "the alerts after the faults"],
     ),
-    "08_capstone": (
+    "12_capstone": (
         {
             "RATE": 20,
             "DURATION_S": 1.2,

@@ -1,11 +1,11 @@
-"""09_retries: the failure shares as the caller saw them, and what retries, breakers, balancers and hedges did."""
+"""09_retries: the guide's retry decorator and its pitfalls, the minimal loop and budget, and labkit's retry layer
+measured as the caller sees it under injected faults."""
 
 import pytest
 from nbrun import run_notebook
 
-# the headline needs a few hundred requests per arm to say anything about a 0.1 % goal: this notebook test takes
-# longer than the others (each arm of 400 requests takes about 20-40 s on 2 shared cores)
-pytestmark = [pytest.mark.notebook, pytest.mark.timeout(400)]
+# the headline needs a few hundred streams per arm to say anything about a 0.1 % goal
+pytestmark = [pytest.mark.notebook, pytest.mark.timeout(300)]
 
 ARMS = ["no retries", "SDK retries (max_retries=2)", "labkit chain", "labkit chain, no resume"]
 
@@ -14,20 +14,42 @@ ARMS = ["no retries", "SDK retries (max_retries=2)", "labkit chain", "labkit cha
 def results(tmp_path_factory):
     return run_notebook(
         "09_retries",
-        tmp_path_factory.mktemp("nb06"),
-        N_HEADLINE=400,
+        tmp_path_factory.mktemp("nb09"),
+        N_CALLS=150,  # about 1 % of calls hang: enough calls that the decorator's deadline failures show
+        N_HEADLINE=200,
         HEADLINE_ARMS=ARMS,
-        CONCURRENCY=16,
-        DEADLINE_S=4.0,
+        CONCURRENCY=32,
+        DEADLINE_S=2.5,  # a hang holds a caller without retries this long: the run's tail
         N_SICK=30,
-        N_BREAKER=120,
-        N_BALANCE=240,
-        N_HEDGE=400,  # p99 of 150 hinged on the one or two slow first tokens of the hedge's warm-up (20 samples)
     )
 
 
+def test_the_guides_decorator_over_the_sdk_retries_quota_errors_nine_times(results):
+    assert results["pitfalls"]["insufficient_quota_requests_per_call"] == 9.0
+
+
+def test_the_guides_decorator_leaves_hangs_failing_at_the_callers_deadline(results):
+    advice = results["advice"]
+    assert advice["failed"] >= 1 and set(advice["errors"]) == {"caller deadline"}
+
+
+def test_the_minimal_loop_recovers_what_the_decorator_lost_for_a_few_percent_more_requests(results):
+    minimal, advice = results["minimal"], results["advice"]
+    assert minimal["failed_share"] < advice["failed_share"]
+    assert 1.0 < minimal["upstream_per_call"] < 1.25
+
+
+def test_full_jitter_flattens_the_retry_spike(results):
+    peaks = results["jitter_peaks"]
+    assert peaks["full jitter"] < 0.5 * peaks["SDK: jitter 0.75-1"] <= 0.5 * peaks["guide: 1 s, 2 s, 4 s"]
+
+
+def test_the_minimal_budget_spares_a_sick_upstream(results):
+    assert results["budget_minimal"] < 1.5
+
+
 def test_without_retries_about_the_injected_share_fails(results):
-    assert 0.02 <= results["headline"]["no retries"]["failed_share"] <= 0.10
+    assert 0.02 <= results["headline"]["no retries"]["failed_share"] <= 0.12
 
 
 def test_labkit_chain_as_shipped_meets_the_999_goal(results):
@@ -39,7 +61,7 @@ def test_labkit_chain_as_shipped_meets_the_999_goal(results):
 
 def test_labkit_chain_resumes_broken_streams_by_verifying_the_replay(results):
     retry = results["headline"]["labkit chain"]["retry"]
-    # the seeded fault mix drops about 1 % of streams after their first token: 400 requests see several drops
+    # the seeded fault mix drops about 1 % of streams after their first token
     assert retry["failures"].get("mid_stream", 0) >= 1, "no stream broke mid-way: the resume went unexercised"
     assert retry["resumed"] >= 1
     assert retry["resume_diverged"] == 0  # the replicas are deterministic at temperature 0
@@ -67,29 +89,7 @@ def test_the_decision_table_refuses_quota_permanent_and_after_first_token(result
     assert decisions["hang (stream, no first token)"]["labkit retries"]
 
 
-def test_the_budget_spares_a_sick_upstream(results):
+def test_labkits_budget_spares_a_sick_upstream(results):
     sick = results["sick_upstream"]
     assert sick["labkit retries, budget 10 %"]["per caller request"] < 1.5
     assert sick["SDK retries (max_retries=2)"]["per caller request"] == 3.0
-
-
-def test_breakers_opened_and_the_fallback_answered(results):
-    breaker = results["breaker"]
-    assert sum(breaker["events"]["s0"].values()) > 0 and breaker["events"]["s0"].get("opened", 0) >= 1
-    assert breaker["fallback_share"] > 0 and breaker["caller_failed"] <= 0.05 * breaker["requests"]
-
-
-def test_a_latency_aware_balancer_shuns_a_backend_that_slows_down(results):
-    slow, balancing = "one slows down", results["balancing"]
-    rr, ewma = balancing["round_robin"], balancing["peak_ewma"]
-    assert ewma["phase_picks"][slow].get("s0", 0) < 0.5 * rr["phase_picks"][slow]["s0"]
-    assert ewma["phases"][slow]["total_mean_ms"] < rr["phases"][slow]["total_mean_ms"]
-
-
-def test_hedging_cuts_the_tail_within_its_cap(results):
-    plain, hedged = results["hedging"]["no hedging"], results["hedging"]["hedge at p90"]
-    assert hedged["ttft_p99_ms"] < 0.6 * plain["ttft_p99_ms"]
-    assert hedged["hedge"]["hedge_share"] <= 0.15 + 0.03  # the cap plus its initial burst
-    # losers were cancelled upstream (the services count disconnects; one cancelled while its service slept on
-    # a slow first byte may go unnoticed, so not every loser shows)
-    assert hedged["disconnects"] > 0 and hedged["disconnects"] >= 0.5 * hedged["hedge"]["losers_cancelled"]

@@ -16,7 +16,20 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-CHAPTERS: tuple[str, ...] = ("01_batching", "02_dedup", "08_pooling", "11_monitoring")
+CHAPTERS: tuple[str, ...] = (
+    "00_index",
+    "01_batching",
+    "02_dedup",
+    "03_streaming",
+    "04_request_levers",
+    "05_webchat",
+    "06_cache_tiers",
+    "07_semantic_cache",
+    "08_pooling",
+    "09_retries",
+    "10_breakers",
+    "11_monitoring",
+)
 
 MEDIAN_LINES = 12
 MAX_LINES = 30

@@ -9,8 +9,8 @@
 - `embeddings`, `guard`, `semantic`: the semantic cache (all-MiniLM-L6-v2 on onnxruntime, a guard against hard
   negatives); `would_serve(stored, incoming)`, its decision for one pair; `evaluation`: that decision measured on
   labelled pairs (`python -m labkit.cache.evaluation`);
-- `workload`: lesson 04's workload (Zipf popularity, paraphrases, look-alike questions) and its scored runner;
-- `bench`: `python -m labkit.cache --bench` (writes build/bench/cache.json).
+
+Lessons 06 and 07's workload and benchmark (`python -m labkit.lessons.cache --bench`) live in `labkit.lessons.cache`.
 
 The remote tiers and the semantic cache are imported lazily, so an in-process cache needs none of their packages.
 """

@@ -19,7 +19,7 @@ How it decides, for a plain request whose exact key missed:
 
 The threshold is chosen on the tuning part of `data/semantic_pairs.jsonl` and the decision is measured on the
 held-out part, per kind, by `labkit.cache.evaluation` (`python -m labkit.cache.evaluation`). Streams and sampled
-requests are passed through (lesson 04 keeps the two apart), unless `streams=True` (the assembled chain's
+requests are passed through (lesson 07 keeps the two apart), unless `streams=True` (the assembled chain's
 setting): then a hit on a streamed request is replayed as a short stream and a completed stream is stored.
 
 Bounded memory: a chat application makes a new scope for every turn of every conversation, so the scopes are

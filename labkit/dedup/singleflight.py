@@ -11,7 +11,7 @@ same time, one goes upstream and every caller gets its result. Two tenants never
 - a stream is fanned out: every waiter reads the same upstream chunks from the first one on; a late joiner
   gets the chunks so far replayed, then the live ones.
 
-A flight lives only while its request is in flight; remembering answers afterwards is a cache's job (lesson 04).
+A flight lives only while its request is in flight; remembering answers afterwards is a cache's job (lesson 06).
 Plain and streamed requests are coalesced separately (a streaming caller wants its chunks as they come).
 Coalesced callers share chunk objects (treat them as read-only); plain completions are copied per coalesced
 caller (`copy_results`), so one caller editing its answer cannot change another's.

@@ -92,7 +92,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "cache",
-        "04 caching",
+        "06-07 caching",
         "labkit.lessons.cache",
         ("--bench", "--out", "{out}/cache.json"),
         ("cache.json",),
@@ -100,7 +100,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "overhead",
-        "04/08 the default chain's client CPU per cache miss against a bare call",
+        "06/12 the default chain's client CPU per cache miss against a bare call",
         "labkit.lessons.overhead",
         ("--bench", "--out", "{out}/overhead.json"),
         ("overhead.json",),
@@ -108,7 +108,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "pooling",
-        "05 pooling",
+        "08 pooling",
         "labkit.lessons.pooling",
         ("--out", "{out}/pooling.json"),
         ("pooling.json",),
@@ -116,7 +116,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "resilience",
-        "06 resilience",
+        "09-10 retries, breakers, balancing, hedging",
         "labkit.lessons.resilience",
         ("--bench", "--out", "{out}/resilience.json"),
         ("resilience.json",),
@@ -124,7 +124,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "monitoring",
-        "07 monitoring",
+        "11 monitoring",
         "labkit.lessons.monitoring",
         ("--bench", "--out", "{out}/monitoring.json"),
         ("monitoring.json",),
@@ -132,7 +132,7 @@ REGISTRY: tuple[BenchCommand, ...] = (
     ),
     BenchCommand(
         "capstone",
-        "08 capstone",
+        "12 capstone",
         "labkit.lessons.capstone",
         ("--bench", "--out", "{out}/capstone.json"),
         ("capstone.json",),

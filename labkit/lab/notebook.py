@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -152,26 +153,83 @@ LESSONS: list[tuple[str, str, str]] = [
     ("00_index.ipynb", "The lab and the naive baseline", "性能优化最佳实践"),
     ("01_batching.ipynb", "Batching under rate limits", "批处理请求"),
     ("02_dedup.ipynb", "De-duplication and the canonical fingerprint", "请求去重"),
-    ("03_streaming.ipynb", "Streaming responses and the live view", "流式响应"),
-    ("04_request_levers.ipynb", "Request-side levers: prompt length, max_tokens, history, prefix caching", "流式响应"),
-    ("05_webchat.ipynb", "A streaming chat page in the browser", "流式响应"),
-    ("06_cache_tiers.ipynb", "Cache tiers: memory, Redis, SQLite", "智能缓存"),
-    ("07_semantic_cache.ipynb", "The semantic cache and its guard", "智能缓存"),
-    ("08_pooling.ipynb", "Connection pooling and HTTP clients", "连接池"),
-    ("09_retries.ipynb", "Retries, jitter and retry budgets", "自动重试"),
-    ("10_breakers.ipynb", "Circuit breaking, load balancing and hedging", "自动重试"),
-    ("11_monitoring.ipynb", "Monitoring: percentiles, tokens, cost", "性能监控"),
-    ("12_capstone.ipynb", "Capstone: the before/after table, measured", "优化效果"),
+    ("03_streaming.ipynb", "Streaming responses", "流式响应"),
+    ("04_request_levers.ipynb", "Request-side levers", "优化prompt长度, max_tokens"),
+    ("05_webchat.ipynb", "The web chat: streaming to a browser", "前端流式处理"),
+    ("06_cache_tiers.ipynb", "Cache tiers", "智能缓存"),
+    ("07_semantic_cache.ipynb", "Semantic cache", "智能缓存"),
+    ("08_pooling.ipynb", "Connection pooling", "连接池"),
+    ("09_retries.ipynb", "Retries", "自动重试"),
+    ("10_breakers.ipynb", "Circuit breakers, balancing, hedging", "配置负载均衡"),
+    ("11_monitoring.ipynb", "Monitoring: percentiles, burn rates, dashboards", "性能监控"),
+    ("12_capstone.ipynb", "Capstone: the before/after table, measured", "优化效果对比"),
 ]
 
 
-def lesson_table(folder: str | Path = ".") -> Any:
-    """A Markdown table of the lessons, linking those present in `folder` and marking the rest as planned."""
-    from IPython.display import Markdown
+_DURATION = re.compile(
+    r"(?P<low>\d+)(?:\s*[-–]\s*(?P<high>\d+))?\s*(?P<unit>s|seconds?|min|minutes?)\b"
+    r"|(?P<word>a|one|two)\s+(?P<wunit>minutes?)\b",
+    re.IGNORECASE,
+)
+_WORDS = {"a": 1, "one": 1, "two": 2}
 
-    rows = ["| # | lesson | 中文 | status |", "|---|---|---|---|"]
+
+def stated_run_time(markdown: str) -> tuple[str, float] | None:
+    """The run time a chapter states in its opening cell, as (the text as written, seconds; a range's top).
+
+    The rule: take the sentences of the cell (emphasis `*` removed, lines joined) that say "run time" or
+    "at the defaults", in order, and return the first duration found in one of them: "N s", "N-M s",
+    "N seconds", "N min(utes)", "a/one/two minute(s)". A placeholder ("about RUNTIME s") or no such sentence
+    gives None, which the lesson table shows as "—". Chapters phrase it freely ("**Run time** at the defaults:
+    about 45 s", "About 30 s at the defaults", "about a minute"), so the rule reads phrasings, not one template.
+    """
+    text = " ".join(markdown.replace("*", "").split())
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        lowered = sentence.lower()
+        if "run time" not in lowered and "at the defaults" not in lowered:
+            continue
+        match = _DURATION.search(sentence)
+        if match is None:
+            continue
+        if match["word"]:
+            return match[0], 60.0 * _WORDS[match["word"].lower()]
+        seconds = float(match["high"] or match["low"]) * (60 if match["unit"].lower().startswith("m") else 1)
+        return match[0], seconds
+    return None
+
+
+def lesson_rows(folder: str | Path = ".") -> list[dict[str, Any]]:
+    """One row per lesson of `LESSONS`: whether its notebook exists in `folder`, and the run time it states."""
+    rows = []
     for name, title, term in LESSONS:
-        present = (Path(folder) / name).exists()
-        link = f"[{title}]({name})" if present else title
-        rows.append(f"| {name[:2]} | {link} | {term} | {'ready' if present else 'planned'} |")
-    return Markdown("\n".join(rows))
+        path = Path(folder) / name
+        stated = None
+        if path.exists():
+            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+            first = next((c for c in cells if c["cell_type"] == "markdown"), None)
+            stated = stated_run_time("".join(first["source"])) if first else None
+        rows.append(
+            {
+                "file": name,
+                "title": title,
+                "term": term,
+                "present": path.exists(),
+                "run_time": stated[0] if stated else None,
+                "run_time_s": stated[1] if stated else None,
+            }
+        )
+    return rows
+
+
+def lesson_table(folder: str | Path = ".") -> Any:
+    """A Markdown table of the lessons with the run time each states at the learner defaults (`stated_run_time`),
+    linking those present in `folder` and marking the rest as planned; the last row adds the stated times up."""
+    rows = lesson_rows(folder)
+    lines = ["| # | lesson | 中文 | run time at the defaults |", "|---|---|---|---|"]
+    for row in rows:
+        link = f"[{row['title']}]({row['file']})" if row["present"] else row["title"]
+        when = (row["run_time"] or "—") if row["present"] else "planned"
+        lines.append(f"| {row['file'][:2]} | {link} | {row['term']} | {when} |")
+    timed = [r["run_time_s"] for r in rows if r["run_time_s"] is not None]
+    lines.append(f"| | **all {len(timed)} lessons that state one** | | **about {sum(timed) / 60:.0f} min** |")
+    return Markdown("\n".join(lines))

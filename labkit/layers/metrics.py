@@ -2,7 +2,7 @@
 
 It sits outermost in the chain so it sees what the caller sees, cache hits and retries included. Times
 come from `time.perf_counter()` (a monotonic clock: `time.time()` can jump). Records are kept in a bounded
-deque, so memory does not grow with traffic. Lesson 07: every finished request also feeds a
+deque, so memory does not grow with traffic. Lesson 11: every finished request also feeds a
 `labkit.monitoring.Metrics` (bounded histograms with ±1 % quantiles, counters, totals and a rolling window),
 and the layer opens a `labkit.timing.StageLog` for it, so layers below can mark where its time went.
 """

@@ -19,7 +19,7 @@ from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 
 # --------------------------------------------------------------------------------------------------------
-# Benchmark: python -m labkit.streaming --bench
+# Benchmark: python -m labkit.lessons.streaming --bench
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - a too
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m labkit.streaming", description="labkit's streaming benchmark")
+    ap = argparse.ArgumentParser(prog="python -m labkit.lessons.streaming", description="labkit's streaming benchmark")
     ap.add_argument("--bench", action="store_true", help="measure added TTFT and CPU per chunk")
     ap.add_argument("--pairs", type=int, default=60, help="TTFT samples per side")
     ap.add_argument("--streams", type=int, default=100, help="concurrent streams in the CPU measurement")

@@ -122,16 +122,18 @@ async def sweep(
     """Run every call mode `repeats` times at every point (a fresh `(messages, max_tokens)` each time), at most
     `concurrency` at once, with a progress bar; the median of each field per point and mode."""
     gate = asyncio.Semaphore(concurrency)
-    jobs = [(point, mode) for point in points for mode in calls for _ in range(repeats)]
+    # every request is built before any is sent: building a long prompt is CPU work that would stall the reads
+    # of the streams already in flight, and inflate the times measured
+    jobs = [(point, mode, points[point]()) for point in points for mode in calls for _ in range(repeats)]
     ticker = Ticker(title, len(jobs), interactive=interactive)
 
-    async def one(point: Any, mode: str) -> tuple[Any, str, dict[str, Any]]:
+    async def one(point: Any, mode: str, request: tuple[list[dict], int | None]) -> tuple[Any, str, dict[str, Any]]:
         async with gate:
-            row = await calls[mode](*points[point]())
+            row = await calls[mode](*request)
         ticker.tick()
         return point, mode, row
 
-    rows = await asyncio.gather(*(one(p, m) for p, m in jobs))
+    rows = await asyncio.gather(*(one(*job) for job in jobs))
     ticker.finish()
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for point in points:

@@ -1,4 +1,4 @@
-"""Lesson 07 (性能监控): bounded histograms, counters, windows, a per-stage breakdown, Prometheus, a dashboard, alerts.
+"""Monitoring (性能监控, lesson 11): bounded histograms, counters, windows, per-stage timing, Prometheus, alerts.
 
 - `histogram`: `Histogram` (DDSketch quantiles within ±1 % plus Prometheus buckets) and `Rolling` windows.
 - `registry`: `Metrics`, what `labkit.layers.metrics.MetricsLayer` feeds (totals and the last minute).

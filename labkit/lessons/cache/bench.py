@@ -1,6 +1,6 @@
 """Cache hit latency per tier through the layer chain, and the semantic lookup time.
 
-`python -m labkit.cache --bench [--out build/bench/cache.json]` starts a Redis and a Memcached server (or uses
+`python -m labkit.lessons.cache --bench [--out build/bench/cache.json]` starts a Redis and a Memcached server (or uses
 REDIS_URL / MEMCACHED_URL), and measures, one request at a time, the time from `await chain(request)` to the
 answer for:
 
@@ -168,7 +168,7 @@ async def bench(n: int = 2000, semantic_entries: int = 10_000, semantic_queries:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.cache --bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m labkit.lessons.cache --bench", description=__doc__)
     parser.add_argument("--bench", action="store_true", help="run the benchmark (the only action)")
     parser.add_argument("--out", default="build/bench/cache.json")
     parser.add_argument("-n", type=int, default=2000, help="hits timed per tier")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from labkit.request import ChatRequest
 __all__ = [
     "CachedEmbedder",
     "Counting",
+    "DelayProxy",
     "Progress",
     "cached_embedder",
     "ceilings",
@@ -36,7 +38,10 @@ __all__ = [
     "outage_chart",
     "per_kind_rows",
     "redis_outage",
+    "semantic_summary",
+    "threshold_sweep",
     "tier_latency",
+    "tiers_summary",
     "workload_run",
 ]
 
@@ -337,17 +342,18 @@ async def workload_run(
         semantic_hits=semantic_hits,
     )
     progress.finish()
-    hit = np.array([not s.upstream for s in served])
+    hit = np.array([not s.upstream for s in served])  # per request (for latency and cost)
     latency = np.array([s.latency_s for s in served])
     cost_all = sum(s.cost_usd for s in served)
     cost_paid = sum(s.cost_usd for s in served if s.upstream)
-    semantic = sum(s.semantic_hit for s in served)
+    semantic = len(semantic_hits) if semantic_hits is not None else 0
+    upstream = counting.calls  # exact, where the per-request flag can be fooled by a concurrent call
     row = {
         "chain": label,
         "requests": len(served),
-        "upstream calls": int((~hit).sum()),
-        "hit rate": float(hit.mean()),
-        "exact hits": int(hit.sum()) - semantic,
+        "upstream calls": upstream,
+        "hit rate": 1 - upstream / len(served),
+        "exact hits": len(served) - upstream - semantic,
         "semantic hits": semantic,
         "wrong answers served": sum(s.wrong for s in served),
         "cost saved": 1 - cost_paid / cost_all if cost_all else 0.0,
@@ -389,10 +395,19 @@ def cached_embedder() -> CachedEmbedder:
     return _EMBEDDER
 
 
-def heldout_pairs() -> list[dict[str, Any]]:
-    """The held-out labelled pairs (kinds and writing styles never used for tuning), each with its cosine."""
+def heldout_pairs(interactive: bool = False) -> list[dict[str, Any]]:
+    """The held-out labelled pairs (kinds and writing styles never used for tuning), each with its cosine.
+
+    Every text is embedded through `cached_embedder` (with a progress bar: it takes a few seconds), so the
+    evaluation later in the lesson finds them embedded already."""
     pairs = [p for p in load_pairs() if p["split"] == "heldout"]
-    vectors = embed_texts([t for p in pairs for t in (p["a"], p["b"])], cached_embedder())
+    texts = sorted({t for p in pairs for t in (p["a"], p["b"])}, key=len)  # similar lengths batch with less padding
+    progress = Progress(len(texts), "embedding pairs", interactive)
+    for start in range(0, len(texts), 64):
+        cached_embedder().embed(texts[start : start + 64])
+        progress.advance(len(texts[start : start + 64]))
+    progress.finish()
+    vectors = embed_texts(texts, cached_embedder())
     return [p | {"cosine": float(vectors[p["a"]] @ vectors[p["b"]])} for p in pairs]
 
 
@@ -437,7 +452,7 @@ def tiers_summary(
     outage: Mapping[str, Any],
     run: Mapping[str, Any],
     limits: Mapping[str, float],
-) -> list[dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """Lesson 06's numbers, one row per measure, for the "What we saw" table."""
     rows: list[tuple[str, Any]] = [
         *((f"longest event-loop stall, {client} (ms)", lag["loop_lag_max_ms"]) for client, lag in lags.items()),
@@ -449,4 +464,97 @@ def tiers_summary(
         ("workload: hit rate (exact ceiling)", f"{run['hit rate']:.0%} ({limits['exact ceiling']:.0%})"),
         ("workload: cost saved", f"{run['cost saved']:.0%}"),
     ]
-    return [{"measure": name, "value": value} for name, value in rows]
+    return {name: {"value": value} for name, value in rows}
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that holds every chunk for half of `rtt_ms` each way: Redis as if it were a
+    network hop away. On loopback a round trip is tens of microseconds, which hides what a synchronous client
+    costs; in a deployment Redis is usually a millisecond or so away. Runs its own event loop in a thread."""
+
+    def __init__(self, target_url: str, rtt_ms: float = 1.0) -> None:
+        from urllib.parse import urlparse
+
+        target = urlparse(target_url)
+        self.target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self.delay_s = rtt_ms / 2000
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="delay-proxy")
+        self._thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result()
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = target._replace(netloc=f"127.0.0.1:{port}").geturl()
+
+    async def _serve(self) -> asyncio.Server:
+        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(self.delay_s)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (asyncio.CancelledError, ConnectionError):  # closing, or the target went away
+            writer.close()
+
+    def close(self) -> None:
+        """Stop serving, end the open connections, and stop the thread."""
+
+        async def shutdown() -> None:
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=2)
+        self.loop.close()
+
+
+SWEEP = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))
+
+
+def threshold_sweep(
+    pairs: Sequence[Mapping[str, Any]],
+    thresholds: Sequence[float] = SWEEP,
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Cosine alone at each threshold: the share of served pairs that were wrong, and recall (both in %)."""
+    rows = [confusion(pairs, [p["cosine"] >= t for p in pairs]) for t in thresholds]
+    return {
+        "false hits among served (%)": (list(thresholds), [100 * r["false_hit_rate"] for r in rows]),
+        "recall: paraphrases served (%)": (list(thresholds), [100 * r["recall"] for r in rows]),
+    }
+
+
+def semantic_summary(
+    decisions: Mapping[str, Mapping[str, Any]],
+    run: Mapping[str, Any],
+    limits: Mapping[str, float],
+    embed_ms: float,
+) -> dict[str, dict[str, Any]]:
+    """Lesson 07's numbers, one row per measure, for the "What we saw" table."""
+    rows: list[tuple[str, Any]] = []
+    for name, d in decisions.items():
+        low, high = d["false_hit_rate_ci95"]
+        rows.append((f"held out, {name}: false hits (95% CI)", f"{d['false_hit_rate']:.1%} ({low:.1%}–{high:.1%})"))
+        rows.append((f"held out, {name}: recall", f"{d['recall']:.0%}"))
+    exact = run["exact hits"] / run["requests"]
+    rows += [
+        ("workload: exact hit rate (ceiling)", f"{exact:.0%} ({limits['exact ceiling']:.0%})"),
+        ("workload: with the semantic cache (ceiling)", f"{run['hit rate']:.0%} ({limits['semantic ceiling']:.0%})"),
+        ("workload: wrong answers served", run["wrong answers served"]),
+        ("embedding per lookup (ms)", f"{embed_ms:.1f}"),
+        ("a miss, p50 (ms)", f"{run['miss p50 (ms)']:,.0f}"),
+    ]
+    return {name: {"value": value} for name, value in rows}

@@ -1,4 +1,4 @@
-"""A caching workload with popularity skew, paraphrases and hard negatives, and a runner that scores it.
+"""The caching workload of lessons 06 and 07 (popularity skew, paraphrases, hard negatives) and its scored runner.
 
 Exact caching only pays off on repeats worded identically; people ask the same thing in other words, which is
 what a semantic cache is for, and they also ask *different* things in near-identical words, which is where a
@@ -129,6 +129,7 @@ async def run_workload(
     meaning_of = {q.text: q.meaning for q in questions}
     semaphore = asyncio.Semaphore(concurrency)
     served: list[Served | None] = [None] * len(questions)
+    claimed: set[int] = set()  # semantic hits already attributed (concurrent requests may share a wording)
 
     async def one(i: int, question: Question) -> None:
         async with semaphore:
@@ -141,10 +142,13 @@ async def run_workload(
             semantic = False
             wrong = False
             if semantic_hits is not None:
-                for query, stored, _score in semantic_hits[hits_before:]:
-                    if query == question.text:
+                for k in range(hits_before, len(semantic_hits)):
+                    query, stored, _score = semantic_hits[k]
+                    if query == question.text and k not in claimed:  # a hit belongs to one request
+                        claimed.add(k)
                         semantic = True
                         wrong = meaning_of.get(stored, "?") != question.meaning
+                        break
             usage = answer.usage
             prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
             served[i] = Served(

@@ -91,7 +91,7 @@ def levers() -> dict[str, Arm]:
     }
 
 
-def scaled_profiles(scale: float, out_dir: str | Path = "build/capstone") -> Path:
+def scaled_profiles(scale: float, out_dir: str | Path | None = None) -> Path:
     """A profiles file whose profiles run `scale` times faster (times divided, speeds multiplied)."""
     from labkit.sim.config import PROFILES_PATH
 
@@ -102,7 +102,9 @@ def scaled_profiles(scale: float, out_dir: str | Path = "build/capstone") -> Pat
         if p.get("prefill_tokens_per_s"):
             p["prefill_tokens_per_s"] = p["prefill_tokens_per_s"] * scale
         p["embedding_latency_s"] = p.get("embedding_latency_s", 0.0) / scale
-    path = Path(out_dir) / f"profiles_x{scale:g}.json"
+    import tempfile
+
+    path = Path(out_dir or Path(tempfile.gettempdir()) / "labkit-capstone") / f"profiles_x{scale:g}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(raw), encoding="utf-8")
     return path

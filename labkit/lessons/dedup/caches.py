@@ -5,7 +5,7 @@ user message, nothing else, in an unbounded dict. It serves a request another re
 two differ only in model, temperature, `max_tokens`, tools, system prompt or earlier turns.
 
 `ExactCache` keys on the canonical fingerprint and follows the same `SamplingPolicy` as single-flight. It is
-deliberately small (in-process LRU, plain completions only, no TTL): lesson 04 builds the real multi-tier cache.
+deliberately small (in-process LRU, plain completions only, no TTL): lesson 06 builds the real multi-tier cache.
 """
 
 from __future__ import annotations

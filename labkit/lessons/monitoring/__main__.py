@@ -126,7 +126,7 @@ def run(n: int = 1_000_000, seed: int = 0) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m labkit.monitoring", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit.lessons.monitoring", description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="run the histogram benchmark")
     parser.add_argument("--n", type=int, default=1_000_000, help="observations (default 1e6)")
     parser.add_argument("--out", default="build/bench/monitoring.json")

@@ -1,4 +1,4 @@
-"""Plumbing for lesson 07 (性能监控), so its cells stay about the monitor, the sketch and the burn rate.
+"""Plumbing for lesson 11 (性能监控), so its cells stay about the monitor, the sketch and the burn rate.
 
 What lives here is what the notebook does not teach: seeded durations, the memory sweep under `tracemalloc`,
 the clock-step experiment, the load generator and its progress bar, the capstone-like chain the load runs

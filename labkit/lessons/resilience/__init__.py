@@ -1,4 +1,5 @@
-"""Lesson 06: the resilience layers assembled, and the experiments the notebook and the benchmark share.
+"""Chapters 09 (retries) and 10 (breakers, balancing, hedging): the resilience layers assembled, and the
+experiments the notebooks and the benchmark share.
 
 The chain, outermost first (`ChainConfig.preset("resilience")`, built by `labkit.assemble.build_chain` like every
 chain; see docs/ARCHITECTURE.md, "One builder")::
@@ -13,6 +14,7 @@ per-endpoint layer the balancer consults through `allows()`. Nothing imports any
 - `failures`: the retry decision table on real errors, and the retry budget against a sick upstream;
 - `routing`: the breaker/fallback timeline, the balancing strategies, hedging;
 - `headline`: the failure share under injected faults per client (each arm a config of the one builder);
+- `chapters`: the notebooks' harness, progress bar, charts, tables and results dicts;
 - `__main__`: `python -m labkit.lessons.resilience --bench [--out build/bench/resilience.json]`.
 """
 

@@ -1,4 +1,4 @@
-"""`python -m labkit.lessons.resilience --bench [--out build/bench/resilience.json]`: every figure of lesson 06 as JSON.
+"""Every figure of lessons 09 and 10 as JSON: `python -m labkit.lessons.resilience --bench [--out FILE]`.
 
 It runs each measurement against three simulated services: the retry decision table on real errors, the retry
 budget against a sick upstream, the breaker/fallback timeline, the balancer comparison, hedging, and the headline

@@ -19,24 +19,27 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.lab import viz
+from labkit.lessons.resilience.headline import HEADLINE_ARMS
 from labkit.lessons.resilience.workload import fault_mix
 
 __all__ = [
+    "HEADLINE_ARMS",
     "Ticker",
     "arrival_peaks",
     "balancer_chart",
     "balancer_table",
     "breakers_results",
     "breakers_seen",
-    "hedge_chart",
-    "hedge_table",
     "headline_chart",
     "headline_table",
+    "hedge_chart",
+    "hedge_table",
     "measure",
     "retries_results",
     "retries_seen",
     "set_faults",
     "share_of",
+    "timed",
     "timeline_chart",
     "upstream_per_call",
 ]
@@ -68,7 +71,7 @@ class Ticker:
             self._label.value = f"{self.done}/{self.total} in {now - self._t0:.0f} s"
 
     def finish(self) -> None:
-        if self._bar is None:
+        if self._bar is None and self.title:
             print(f"{self.title}: {self.done}/{self.total} in {time.perf_counter() - self._t0:.1f} s")
 
 
@@ -87,7 +90,7 @@ async def set_faults(lab: Any, faults: float | Mapping[str, Any] | None, seed: i
 
 
 async def _upstream(lab: Any) -> int:
-    return sum((await sim.astats())["requests_total"] for sim in lab.sims)
+    return sum([(await sim.astats())["requests_total"] for sim in lab.sims])
 
 
 async def measure(
@@ -188,8 +191,7 @@ def headline_chart(head: Mapping[str, Mapping[str, Any]], fault_share: float) ->
     shares = {arm: 100 * r["failed_share"] for arm, r in head.items()}
     first, best = next(iter(shares)), min(shares, key=lambda a: shares[a])
     title = (
-        f"Under {fault_share:.0%} faults: {first} failed {shares[first]:.2f} % of requests, "
-        f"{best} {shares[best]:.2f} %"
+        f"Under {fault_share:.0%} faults: {first} failed {shares[first]:.2f} % of requests, {best} {shares[best]:.2f} %"
     )
     return viz.bars(shares, title=title, unit="requests failed for the caller (%)", text_format=".2f")
 
@@ -199,7 +201,10 @@ def retries_seen(measured: Mapping[str, Any]) -> pd.DataFrame:
     rows: dict[str, dict[str, Any]] = {}
     for key, label in (("advice", "guide's @retry over the SDK"), ("minimal", "minimal loop (full jitter)")):
         if key in measured:
-            rows[label] = {"failed %": 100 * measured[key]["failed_share"], "upstream/call": measured[key]["upstream_per_call"]}
+            rows[label] = {
+                "failed %": 100 * measured[key]["failed_share"],
+                "upstream/call": measured[key]["upstream_per_call"],
+            }
     for label, row in measured.get("sick_upstream", {}).items():
         rows[f"sick upstream: {label}"] = {"failed %": 100.0, "upstream/call": row["per caller request"]}
     if "budget_minimal" in measured:
@@ -310,8 +315,8 @@ def breakers_seen(measured: Mapping[str, Any]) -> pd.DataFrame:
         for arm, share in measured["minimal_p2c"].items():
             rows[f"minimal {arm}: share to the slow s0"] = f"{share:.0%}"
     if "minimal_hedge" in measured:
-        for arm, p99 in measured["minimal_hedge"]["ttft_p99_ms"].items():
-            rows[f"minimal {arm}: p99 ms"] = f"{p99:.0f}"
+        for arm, row in measured["minimal_hedge"].items():
+            rows[f"minimal {arm}: p99 ms"] = f"{row['p99_ms']:.0f}"
     if "breaker" in measured:
         b = measured["breaker"]
         rows["labkit breakers: fallback share"] = f"{b['fallback_share']:.0%}"
@@ -335,3 +340,55 @@ def breakers_results(measured: Mapping[str, Any]) -> dict[str, Any]:
     if "hedging" in out:
         out["hedging"] = {a: {k: v for k, v in r.items() if k != "rows"} for a, r in out["hedging"].items()}
     return out
+
+
+async def timed(
+    lab: Any,
+    call: Callable[[int], Awaitable[Any]],
+    n: int,
+    *,
+    faults: Mapping[str, Any] | None,
+    on: tuple[int, ...] | None = None,
+    concurrency: int = 8,
+    interactive: bool = True,
+    title: str = "calls",
+) -> dict[str, Any]:
+    """Send `call(0)` ... `call(n-1)` under `faults` (on the services numbered `on`, default all; a fault seed per
+    service) and time each: p50/p90/p99 in ms, failed share, upstream requests per call and per service (`upstream`).
+    Faults are switched off afterwards."""
+    for i, sim in enumerate(lab.sims):
+        await sim.areset()
+        if faults and (on is None or i in on):
+            await sim.aset_faults({**faults, "seed": i})
+    bar = Ticker(title, n, interactive=interactive)
+    seconds: list[float] = []
+    failed = 0
+    left = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal failed
+        for i in left:
+            started = time.perf_counter()
+            try:
+                await call(i)
+                seconds.append(time.perf_counter() - started)
+            except Exception:
+                failed += 1
+            bar.tick()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    bar.finish()
+    per_sim = {f"s{i}": (await sim.astats())["requests_total"] for i, sim in enumerate(lab.sims)}
+    await set_faults(lab, None)
+    upstream = sum(per_sim.values())
+    ms = np.asarray(seconds) * 1000 if seconds else np.asarray([float("nan")])
+    return {
+        "calls": n,
+        "failed": failed,
+        "failed_share": failed / n if n else 0.0,
+        "upstream": per_sim,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "upstream_per_call": upstream / n if n else 0.0,
+    }

@@ -1,4 +1,4 @@
-"""Lesson 06, parts 1 and 2: what each real failure is and whether it is retried, and the retry budget.
+"""Lesson 09: what each real failure is and whether it is retried, and the retry budget.
 
 `decision_table` provokes one real error per failure the simulated service can produce and shows how
 `labkit.errors.classify` sees it and what `RetryPolicy.decide` makes of it; `sick_upstream` sends calls to a

@@ -1,6 +1,6 @@
-"""Lesson 06, part 5: the failure share the caller sees under injected faults, per client, and what it cost.
+"""Lesson 09, the headline: the failure share the caller sees under injected faults, per client, and what it cost.
 
-Each arm is a config of the one builder (`labkit.assemble.build_chain`): lesson 06's chain
+Each arm is a config of the one builder (`labkit.assemble.build_chain`): lesson 09's chain
 (`ChainConfig.preset("resilience")`) with the retry layer and the breakers off, with the SDK's own retries instead,
 or as shipped. `headline_configs` lists them, so the benchmark, the notebook and a reader see the same arms.
 """

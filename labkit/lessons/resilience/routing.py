@@ -1,6 +1,6 @@
-"""Lesson 06, parts 3 and 4: circuit breakers with a fallback model, balancing strategies, and hedging.
+"""Lesson 10: circuit breakers with a fallback model, balancing strategies, and hedging.
 
-Each experiment builds lesson 06's chain from `ChainConfig.preset("resilience")` with the settings it varies
+Each experiment builds lessons 09-10's chain from `ChainConfig.preset("resilience")` with the settings it varies
 (`labkit.assemble.build_chain`), switches faults on the simulated services while the workload runs, and returns
 what the caller saw beside what the breakers, the balancer and the hedge layer did.
 """

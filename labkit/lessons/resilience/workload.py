@@ -1,4 +1,4 @@
-"""Lesson 06's workload: requests sent the way a caller sends them, and what the caller and the services saw.
+"""Lessons 09 and 10's workload: requests sent the way a caller sends them, and what the caller and the services saw.
 
 `run_workload` sends `n` requests through any chain and reports each as the caller saw it (a stream that ended
 without a `finish_reason`, or an answer later than the caller's deadline, is a failure); `summarize_runs` turns the

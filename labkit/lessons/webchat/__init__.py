@@ -1,4 +1,4 @@
-"""A small chat web app that streams the layer chain's answers to a browser page (lesson 03).
+"""A small chat web app that streams the layer chain's answers to a browser page (lesson 05).
 
 `start_webchat(upstream)` runs it as its own process (like the simulated service) and returns a
 `WebChatService` whose `url` is the page. `python -m labkit.lessons.webchat --port 0 --upstream URL` does the same

@@ -1,4 +1,4 @@
-"""08_capstone at reduced size: the measured table shows each improvement with a margin (simulated latency dominates).
+"""12_capstone at reduced size: the measured table shows each improvement with a margin (simulated latency dominates).
 
 Throughput needs the rate ladder, which is too slow for a test (`LADDER=False` here); the ladder's logic is unit
 tested in test_capstone.py and the benchmark (`python -m labkit.lessons.capstone --bench`) measures it.
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.notebook
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return run_notebook(
-        "08_capstone",
+        "12_capstone",
         tmp_path_factory.mktemp("nb08"),
         RATE=20,
         DURATION_S=1.2,
