@@ -166,18 +166,8 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         ["the faults phase of the load", "the alerts after the faults"],
     ),
     "12_capstone": (
-        {
-            "RATE": 20,
-            "DURATION_S": 1.2,
-            "WARMUP_S": 1.5,
-            "PATIENCE_S": 5.5,
-            "LADDER": False,
-            "ABLATION": ["cache+semantic"],
-            "ABLATION_DURATION_S": 1.2,
-            "ABLATION_WARMUP_S": 1.5,
-            "CONCURRENT_USERS": 200,
-        },
-        ["the injected faults"],
+        {"ARM_REQUESTS": 150, "LEVER_REQUESTS": 20, "FAULT_REQUESTS": 20, "INTERACTIVE": False},
+        ["the injected faults", "the guide's table", "the cost levers"],
     ),
 }
 

@@ -29,6 +29,7 @@ CHAPTERS: tuple[str, ...] = (
     "09_retries",
     "10_breakers",
     "11_monitoring",
+    "12_capstone",
 )
 
 MEDIAN_LINES = 12

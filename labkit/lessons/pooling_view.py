@@ -6,7 +6,6 @@ the notebook's cells stay about the client, the pool and the transports.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,38 +13,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.lab import viz
+from labkit.lab.progress import Ticker
 
 __all__ = ["Ticker", "cost_chart", "limit_rows", "results", "run_row", "seen_table", "transports_chart"]
-
-
-class Ticker:
-    """A progress bar a measurement ticks once per finished call; redrawn at most every `every_s` seconds, by
-    trait assignment only (safe from a task), so the ticks cost next to nothing inside a CPU measurement.
-    Non-interactive (papermill) it draws nothing and `finish()` prints one line."""
-
-    def __init__(self, title: str, total: int, *, interactive: bool = True, every_s: float = 0.2) -> None:
-        self.title, self.total, self.done, self.every_s = title, total, 0, every_s
-        self._t0 = self._last = time.perf_counter()
-        self._bar: Any = None
-        if interactive:
-            import ipywidgets as w
-            from IPython.display import display
-
-            self._bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=title)
-            self._label = w.Label()
-            display(w.HBox([self._bar, self._label]))
-
-    def tick(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self._bar is not None and (now - self._last >= self.every_s or self.done >= self.total):
-            self._last = now
-            self._bar.value = self.done
-            self._label.value = f"{self.done}/{self.total} in {now - self._t0:.0f} s"
-
-    def finish(self) -> None:
-        if self._bar is None:
-            print(f"{self.title}: {self.done}/{self.total} in {time.perf_counter() - self._t0:.1f} s")
 
 
 def cost_chart(built: Mapping[str, Mapping[str, float]]) -> go.Figure:

@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.lab import viz
-from labkit.lessons.pooling_view import Ticker
+from labkit.lab.progress import Ticker
 from labkit.pricing import cost
 from labkit.streaming import StreamOutcome, consume
 from labkit.tokens import count_messages

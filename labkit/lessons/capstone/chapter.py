@@ -48,6 +48,7 @@ async def try_step(
         await set_faults(lab, 0.0, 0.5)
     chain = build_chain(config, lab)
     call = chain_caller(chain, model=model, max_tokens=max_tokens)
+    question = f"{question} [{time.time_ns()}]"  # a re-run asks anew: caches warmed earlier do not answer
     try:
         start = asyncio.get_running_loop().time()
         first = await asyncio.gather(*(call(_ask(question)) for _ in range(at_once)))
@@ -72,23 +73,30 @@ async def try_faults(
     from labkit.assemble import build_chain
 
     await set_faults(lab, faults, 0.5)
+    nonce = time.time_ns()
+    questions = [f"{q} [{nonce}]" for q in questions]
     chain = build_chain(config, lab)
     call = chain_caller(chain, model=model, max_tokens=40)
 
     async def one(text: str) -> str | None:
         try:
-            await asyncio.wait_for(call(_ask(text)), 15.0)
+            await asyncio.wait_for(call(_ask(text)), 10.0)  # a hang without a timeout waits forever
         except Exception as exc:  # a failed request is the datum here
             return type(exc).__name__
         return None
 
+    t = time.perf_counter()
     try:
-        t = time.perf_counter()
         errors = [e for e in await asyncio.gather(*(one(q) for q in questions)) if e]
     finally:
         await chain.aclose()
         await set_faults(lab, 0.0, 0.5)
-    return {"requests": len(questions), "errors": len(errors), "kinds": sorted(set(errors)), "wall_s": t and time.perf_counter() - t}
+    return {
+        "requests": len(questions),
+        "errors": len(errors),
+        "kinds": sorted(set(errors)),
+        "wall_s": time.perf_counter() - t,
+    }
 
 
 def stage_bar(title: str, total: int, *, interactive: bool = True) -> Callable[[str], None]:
@@ -152,10 +160,18 @@ def scorecard(three: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The guide's service-level objectives read from the labkit arm of the three-arm run."""
     s = three["labkit"]
     return [
-        {"objective": "time to first token, p95", "target": "< 1 s", "measured": s["p95_ttfb_s"],
-         "met": s["p95_ttfb_s"] < 1.0},
-        {"objective": "availability", "target": ">= 99.9%", "measured": 1 - s["error_rate"],
-         "met": 1 - s["error_rate"] >= 0.999},
+        {
+            "objective": "time to first token, p95",
+            "target": "< 1 s",
+            "measured": s["p95_ttfb_s"],
+            "met": s["p95_ttfb_s"] < 1.0,
+        },
+        {
+            "objective": "availability",
+            "target": ">= 99.9%",
+            "measured": 1 - s["error_rate"],
+            "met": 1 - s["error_rate"] >= 0.999,
+        },
         {"objective": "cache hit rate", "target": ">= 80%", "measured": s["hit_rate"], "met": s["hit_rate"] >= 0.8},
     ]
 
@@ -172,13 +188,22 @@ def results(three: Mapping[str, Any] | None, levers: Mapping[str, Any], breakdow
             "errors": {arm: three[arm]["errors"] for arm in ARM_NAMES},
         }
         out["scorecard"] = scorecard(three)
-        out["report_tables"] = {"The guide's table, three arms": [
-            {k: v for k, v in r.items() if k != "ci95"} for r in three["rows"]
-        ]}
+        out["report_tables"] = {
+            "The guide's table, three arms": [{k: v for k, v in r.items() if k != "ci95"} for r in three["rows"]]
+        }
     for name, lv in levers.items():
         runs = {k: {key: v.get(key) for key in keys} for k, v in lv["runs"].items()}
         out["levers"][name] = {"roadmap": lv["roadmap"], "runs": runs}
     return out
 
 
-__all__ = ["arms_chart", "ceiling_table", "results", "roadmap_table", "scorecard", "stage_bar", "try_faults", "try_step"]
+__all__ = [
+    "arms_chart",
+    "ceiling_table",
+    "results",
+    "roadmap_table",
+    "scorecard",
+    "stage_bar",
+    "try_faults",
+    "try_step",
+]

@@ -126,15 +126,19 @@ async def compare_arms(
     max_rate: float = 640.0,
     monthly_requests: float = 1_000_000,
     progress: Callable[[str], None] | None = None,
+    patience_s: float = PATIENCE_S,
 ) -> dict[str, Any]:
-    """The three arms on one workload (`lab` compressed by `scale`); with `real_lab`, each arm's ladder there."""
+    """The three arms on one workload (`lab` compressed by `scale`); with `real_lab`, each arm's ladder there.
+    `patience_s`: the caller's (the guide's 30 s); a shorter one only bounds how long a test waits on a hang."""
     workload = generate(scaled_spec(spec, scale))
     out: dict[str, Any] = {"spec": dataclasses.asdict(spec), "ceiling": workload.ceiling(), "time_scale": scale}
     summaries = {}
     for name, arm in arms().items():
         if progress is not None:
             progress(name)
-        summaries[name] = await run_arm(lab, arm, workload, scale=scale, monthly_requests=monthly_requests)
+        summaries[name] = await run_arm(
+            lab, arm, workload, scale=scale, monthly_requests=monthly_requests, patience_s=patience_s
+        )
     for name in ARM_NAMES:
         s = summaries[name]
         s["throughput_rps"] = s["completed_rps"]
@@ -160,6 +164,7 @@ async def lever_runs(
     monthly_requests: float = 1_000_000,
     only: tuple[str, ...] | None = None,
     progress: Callable[[str], None] | None = None,
+    patience_s: float = PATIENCE_S,
 ) -> dict[str, dict[str, Any]]:
     """Each lever switched on alone over "before", on the same workload; "before" itself first."""
     workload = generate(scaled_spec(spec, scale))
@@ -170,7 +175,9 @@ async def lever_runs(
             continue
         if progress is not None:
             progress(name)
-        runs[name] = await run_arm(lab, arm, workload, scale=scale, monthly_requests=monthly_requests)
+        runs[name] = await run_arm(
+            lab, arm, workload, scale=scale, monthly_requests=monthly_requests, patience_s=patience_s
+        )
     return runs
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.lab import viz
+from labkit.lab.progress import Ticker
 from labkit.lessons.resilience.headline import HEADLINE_ARMS
 from labkit.lessons.resilience.workload import fault_mix
 
@@ -43,36 +44,6 @@ __all__ = [
     "timeline_chart",
     "upstream_per_call",
 ]
-
-
-class Ticker:
-    """A progress bar ticked once per finished request, redrawn by trait assignment only (safe from a task).
-
-    Non-interactive (papermill) it draws nothing and `finish()` prints one line."""
-
-    def __init__(self, title: str, total: int, *, interactive: bool = True, every_s: float = 0.2) -> None:
-        self.title, self.total, self.done, self.every_s = title, total, 0, every_s
-        self._t0 = self._last = time.perf_counter()
-        self._bar: Any = None
-        if interactive:
-            import ipywidgets as w
-            from IPython.display import display
-
-            self._bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=title[:20])
-            self._label = w.Label()
-            display(w.HBox([self._bar, self._label]))
-
-    def tick(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self._bar is not None and (now - self._last >= self.every_s or self.done >= self.total):
-            self._last = now
-            self._bar.value = self.done
-            self._label.value = f"{self.done}/{self.total} in {now - self._t0:.0f} s"
-
-    def finish(self) -> None:
-        if self._bar is None and self.title:
-            print(f"{self.title}: {self.done}/{self.total} in {time.perf_counter() - self._t0:.1f} s")
 
 
 # -- the harness ---------------------------------------------------------------------------------------------
