@@ -41,7 +41,8 @@ __all__ = [
 
 
 async def other_model(transport: Any, model: str) -> str:
-    """A chat model the endpoint serves besides `model` (for the "another model" row of the key table)."""
+    """A chat model the endpoint serves besides `model` (for the "another model" row of the key table); `model`
+    itself when the endpoint serves no other (a one-model server such as llama.cpp's)."""
     client = transport.client
     served = [m.id for m in (await client.models.list()).data]
     # an alias answers under its snapshot's name: exclude that one too, so the row's answer shows the mix-up
