@@ -15,6 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from nbrun import NOTEBOOKS, run_notebook
+from test_nb_02_dedup import SIZES as DEDUP_SIZES
+from test_nb_03_streaming import PARAMETERS as STREAMING_SIZES
+from test_nb_04_request_levers import PARAMETERS as LEVERS_SIZES
+from test_nb_05_webchat import PARAMETERS as WEBCHAT_SIZES
 
 from labkit.endpoint import LOCAL_API_KEY, Endpoint
 from labkit.lab.services import SimService, start_lab, start_sim
@@ -40,51 +44,18 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         ["gather against the rate limit", "a semaphore", "the token bucket", "the admission layer"],
     ),
     "02_dedup": (
-        {
-            "PROFILE": "fast",
-            "SIM_TPS": 100,
-            "MODEL": "gpt-4o",
-            "MAX_TOKENS": 20,
-            "N_CONCURRENT": 8,
-            "N_WORKERS": 2,
-            "WORKER_REQUESTS": 2,
-            "N_REQUESTS": 40,
-            "N_DISTINCT": 60,
-            "BURST_SIZE": 10,
-            "ZIPF_EXPONENT": 1.5,
-            "BURST_GAP_S": 0.3,
-        },
+        DEDUP_SIZES,
         ["the server's own call counts", "errors reach every waiter"],
     ),
     "03_streaming": (
-        {
-            "PROFILE": "bench-prefill",
-            "MODEL": "gpt-4o",
-            "PROFILE_B": "fast",
-            "MODEL_B": "gpt-4o-mini",
-            "MAX_TOKENS_SWEEP": [8, 40],
-            "REPEATS": 2,
-            "CONCURRENCY": 8,
-            "LIVE_MAX_TOKENS": 50,
-            "STOP_AFTER_TOKENS": 10,
-        },
+        STREAMING_SIZES,
         ["broken streams", "the server's disconnect count"],
     ),
     "04_request_levers": (
-        {
-            "PROFILE": "bench-prefill",
-            "MODEL": "gpt-4o",
-            "PROMPT_TOKENS_SWEEP": [100, 2000],
-            "MAX_TOKENS": 8,
-            "REPEATS": 2,
-            "CONCURRENCY": 8,
-            "PREFIX_TOKENS": 1500,
-            "HISTORY_TURNS": 12,
-            "HISTORY_BUDGET": 400,
-        },
+        LEVERS_SIZES,
         [],
     ),
-    "05_webchat": ({"PROFILE": "bench", "MODEL": "gpt-4o", "MAX_TOKENS": 30}, []),
+    "05_webchat": (WEBCHAT_SIZES, []),
     "06_cache_tiers": (
         {
             "PROFILE": "fast",

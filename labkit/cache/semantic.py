@@ -343,24 +343,39 @@ class SemanticCache:
     def __len__(self) -> int:
         return self._rows
 
-    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
-        if request.stream and self.streams:
-            return await self.serve_stream(request, call_next)
+    async def _look_up(self, request: ChatRequest) -> tuple[CacheControls, str, str, np.ndarray, Any] | None:
+        """The lookup both paths share, counted once: None when the request bypasses the cache (no user text, or
+        sampled), else its controls, text, scope, vector and the hit `(stored, score)` or None (a miss)."""
         self.stats.requests += 1
         ctl = CacheControls.of(request.controls)
         text = last_user_text(request)
-        if request.stream or text is None or (is_sampled(request) and not self.cache_sampled):
+        if text is None or (is_sampled(request) and not self.cache_sampled):
             self.stats.bypassed += 1
-            return await call_next(request)
+            return None
         scope = self.scope_of(request, ctl)
         vector = await self.embed(text)
-        if not ctl.no_cache and (found := self.match(scope, text, vector)) is not None:
-            stored, score = found
+        found = None if ctl.no_cache else self.match(scope, text, vector)
+        if found is None:
+            self.stats.misses += 1
+        else:
             self.stats.hits += 1
             if self.on_hit is not None:
-                self.on_hit(text, stored.text, score)
-            return fresh_copy(stored.completion)
-        self.stats.misses += 1
+                self.on_hit(text, found[0].text, found[1])
+        return ctl, text, scope, vector, found
+
+    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+        if request.stream and self.streams:
+            return await self.serve_stream(request, call_next)
+        if request.stream:
+            self.stats.requests += 1
+            self.stats.bypassed += 1
+            return await call_next(request)
+        looked = await self._look_up(request)
+        if looked is None:
+            return await call_next(request)
+        ctl, text, scope, vector, found = looked
+        if found is not None:
+            return fresh_copy(found[0].completion)
         result = await call_next(request)
         if isinstance(result, ChunkStream):
             result = await result.collect()
@@ -373,19 +388,12 @@ class SemanticCache:
     async def serve_stream(self, request: ChatRequest, call_next: Handler) -> Result:
         """A streamed request (with `streams=True`): a hit is replayed as one short stream (the role, the text and
         the finish in one chunk, then the usage); a miss is passed on and its answer stored once it completed."""
-        self.stats.requests += 1
-        ctl = CacheControls.of(request.controls)
-        text = last_user_text(request)
-        if text is None or (is_sampled(request) and not self.cache_sampled):
-            self.stats.bypassed += 1
+        looked = await self._look_up(request)
+        if looked is None:
             return await call_next(request)
-        scope = self.scope_of(request, ctl)
-        vector = await self.embed(text)
-        if not ctl.no_cache and (found := self.match(scope, text, vector)) is not None:
+        ctl, text, scope, vector, found = looked
+        if found is not None:
             stored, score = found
-            self.stats.hits += 1
-            if self.on_hit is not None:
-                self.on_hit(text, stored.text, score)
             chunks = completion_chunks(stored.completion)
 
             async def replay() -> AsyncIterator[ChatCompletionChunk]:
@@ -393,7 +401,6 @@ class SemanticCache:
                     yield chunk
 
             return ChunkStream(replay(), info={"source": "cache", "cache_tier": "semantic", "semantic_score": score})
-        self.stats.misses += 1
         result = await call_next(request)
         if ctl.no_store:
             return result
