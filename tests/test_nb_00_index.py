@@ -7,7 +7,8 @@ import pytest
 from nbrun import NOTEBOOKS, run_notebook
 
 from labkit.lab.notebook import LESSONS, lesson_rows, stated_run_time
-from labkit.lessons.index import CHECKLIST, ROADMAP
+from labkit.lessons import checklist
+from labkit.lessons.checklist import CHECKLIST, ROADMAP
 
 N = 3
 notebook = pytest.mark.notebook
@@ -52,9 +53,28 @@ def test_lesson_rows_mark_missing_notebooks_as_absent_and_read_present_ones(tmp_
 
 def test_every_checklist_item_and_roadmap_step_names_a_lesson_of_the_course():
     numbers = {name[:2] for name, _, _ in LESSONS}
-    items = [lesson for group in CHECKLIST.values() for *_, lesson, _ in group]
+    items = [entry.lesson for group in CHECKLIST.values() for entry in group]
     steps = [n for *_, lessons in ROADMAP for n in lessons]
     assert len(items) == 16 and set(items + steps) <= numbers
+
+
+def test_a_checklist_item_whose_lesson_has_not_run_says_so_instead_of_a_figure(tmp_path):
+    rows = checklist.checklist_rows(checklist.load_results(tmp_path))
+    assert all(row["gain"].startswith("not run yet") for row in rows)
+
+
+def test_a_results_json_without_a_figure_reads_not_measured():
+    assert checklist.gains("02", {"bursts": {}}) == {"De-duplicate requests": "not measured: 'no de-dup'"}
+
+
+def test_the_roadmap_answer_prefers_the_capstone_bench_over_the_notebooks_smaller_run(tmp_path):
+    answer = {"cost_month_usd": {"lever": "cache", "change": -0.7}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "12_capstone.json").write_text(json.dumps({"levers": {"w": {"roadmap": {}}}}))
+    bench = tmp_path / "capstone.json"
+    assert checklist.roadmap_measured(tmp_path / "results", bench)["source"].startswith("12_capstone")
+    bench.write_text(json.dumps({"workloads": {"w": {"roadmap": answer}}}))
+    assert checklist.roadmap_measured(tmp_path / "results", bench) == {"source": str(bench), "workloads": {"w": answer}}
 
 
 @notebook
