@@ -97,6 +97,10 @@ def test_a_model_file_that_is_not_the_pinned_one_is_refused(tmp_path):
         ("How was the Colosseum built?", "Why was the Colosseum built?", "question_word"),
         ("how to steam broccoli", "how to steam broccoli in a rice cooker", "added_words"),
         ("Packing list for a sunny beach holiday", "Packing list for a snowy mountain skiing trip", "other_words"),
+        ("convert 10 kg to pounds", "10 pounds in kilograms", "swapped_roles"),
+        ("why doesnt the dishwasher drain", "why does the dishwasher drain", "negation"),
+        ("Can my landlord evict me for one late payment?", "Can I evict my landlord for one late payment?",
+         "swapped_roles"),
     ],
 )  # fmt: skip
 def test_the_guard_vetoes_hard_negatives(a, b, reason):
@@ -110,8 +114,12 @@ def test_the_guard_vetoes_hard_negatives(a, b, reason):
         ("What is the population of Madrid?", "Madrid's population?"),
         ("How long should I steep green tea?", "how long should i steep green tea"),
         ("Can I freeze cooked pasta?", "Cooked pasta: can I freeze it?"),
+        ("What is the difference between a crocodile and an alligator?",
+         "What is the difference between an alligator and a crocodile?"),
+        ("In 300 words, describe the water cycle for children.", "Describe the water cycle for children in 300 words."),
+        ("how long shoud I boil quinoa", "how long should i boil quinoa"),
     ],
-)
+)  # fmt: skip
 def test_the_guard_lets_paraphrases_through(a, b):
     assert veto(a, b) is None
 

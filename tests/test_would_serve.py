@@ -8,10 +8,12 @@ from labkit.cache import would_serve
 from labkit.cache.evaluation import HELDOUT_KINDS, evaluate, load_pairs, score_pairs
 from labkit.cache.semantic import DEFAULT_THRESHOLD, decide
 
-#: The held-out false-hit rate's upper 95% Wilson bound must stay under this. The set serves a few dozen held-out
-#: pairs, so the bound cannot get near 1% even with no wrong answer (0 of 35 gives 9.9%); 20% fails if the guard
-#: serves three wrong answers among as many served pairs (3 of 35 gives 22%).
-MAX_FALSE_HIT_RATE_UPPER_95 = 0.20
+#: The held-out false-hit rate's upper 95% Wilson bound must stay under this. The guard serves 55 held-out pairs, 1
+#: wrongly (upper bound 9.6%): the bound cannot get near 1% with so few served pairs even with no wrong answer (0 of
+#: 55 gives 6.5%); 11% fails if a second wrong answer is served among as many pairs (2 of 56 gives 12.1%).
+MAX_FALSE_HIT_RATE_UPPER_95 = 0.11
+#: Held-out recall (54 of 215 paraphrases, 25%, in round 2 of issue 14); fails if the guard loses a tenth of it.
+MIN_HELDOUT_RECALL = 0.225
 #: The held-out negatives of kinds never tuned on that may be served, out of several hundred.
 MAX_UNSEEN_KIND_NEGATIVES_SERVED = 3
 
@@ -37,6 +39,7 @@ HARD_NEGATIVES = {
     "question_word": [
         ("How was the Panama Canal dug?", "Why was the Panama Canal dug?"),
         ("How did the Berlin Wall fall?", "When did the Berlin Wall fall?"),
+        ("Who founded Tesla?", "When was Tesla founded?"),
         ("巴拿马运河是怎么修建的", "巴拿马运河是为什么修建的"),
     ],
     "method_tool": [
@@ -44,11 +47,19 @@ HARD_NEGATIVES = {
         ("How do I resize an image?", "How do I resize an image with ImageMagick?"),
         ("怎么煮鸡蛋", "怎么用微波炉煮鸡蛋"),
     ],
+    "known_words_a_letter_apart": [
+        ("How do I plan a vegetable garden?", "How do I plant a vegetable garden?"),
+        ("packing list for a week in Lisbon", "packing list for a weekend in Lisbon"),
+    ],
     "templated_slot": [
         ("You are a support agent for a bike shop. The customer says: 'My brakes squeak.' Reply in two sentences.",
          "You are a support agent for a bike shop. The customer says: 'My chain slips.' Reply in two sentences."),
     ],
-    "negation": [("Should I salt pasta water?", "Should I not salt pasta water?")],
+    "negation": [
+        ("Should I salt pasta water?", "Should I not salt pasta water?"),
+        ("why does my cat eat grass", "why doesnt my cat eat grass"),  # chat spelling, no apostrophe
+    ],
+    "chatty_qualifier": [("how to learn piano", "how to learn piano fast")],
     "antonym": [("How do I enable dark mode in Slack?", "How do I disable dark mode in Slack?")],
     "other_number": [("Is 17 a prime number?", "Is 21 a prime number?")],
     "other_name": [("What time zone is Denver in?", "What time zone is Phoenix in?")],
@@ -60,7 +71,15 @@ PARAPHRASES = [
     ("How do I sort a dictionary by value in Python?", "hey, how do I sort a dictionary by value in python?"),
     ("Recommend a good book about habits", "Please recommend a good book about habits."),
     ("怎么煮鸡蛋", "请问鸡蛋怎么煮"),
-]
+    # round 2 of issue 14: chat, typos, phrasings that ask the same
+    ("How do I cancel my gym membership?", "hiii how do u cancel a gym membrship??"),
+    ("In what year did the Berlin Wall fall?", "when did the berlin wall fall"),
+    ("Write a reply to this customer in no more than three sentences.",
+     "Write a reply to this customer in at most three sentences."),
+    ("teh best way to store fresh basil", "how to store fresh basil"),
+    ("I can't figure out how to split a string in JavaScript", "how to split a string in javascript"),
+    ("怎么去除水壶里的水垢", "水壶里的水垢咋去除啊"),
+]  # fmt: skip
 
 CASES = [(kind, stored, incoming) for kind, pairs in HARD_NEGATIVES.items() for stored, incoming in pairs]
 
@@ -120,5 +139,5 @@ def test_each_held_out_kind_is_served_wrongly_at_most_once_in_twenty(evaluation,
     assert row["served"] <= row["pairs"] / 20
 
 
-def test_the_cache_still_serves_some_held_out_paraphrases(evaluation):
-    assert evaluation["heldout_per_kind"]["paraphrase"]["recall"] >= 0.1
+def test_the_cache_serves_a_quarter_of_held_out_paraphrases(evaluation):
+    assert evaluation["heldout_per_kind"]["paraphrase"]["recall"] >= MIN_HELDOUT_RECALL
