@@ -6,9 +6,10 @@
 - `layer`: `CacheLayer`, read-through with promotion, write-through, TTL with jitter, stampede protection,
   per-request controls, tenant isolation, fail-open;
 - `replay`: streams recorded with their timing and replayed at once or at the original pace;
-- `embeddings`, `guard`, `semantic`: the semantic cache (all-MiniLM-L6-v2 on onnxruntime, a guard against hard
-  negatives); `would_serve(stored, incoming)`, its decision for one pair; `evaluation`: that decision measured on
-  labelled pairs (`python -m labkit.cache.evaluation`);
+- `embeddings`, `guard` (its word lists in `lexicon`, its difference check in `difference`), `semantic`: the
+  semantic cache (all-MiniLM-L6-v2 on onnxruntime, a guard against hard negatives); `would_serve(stored,
+  incoming)`, its decision for one pair; `evaluation`: that decision measured on labelled pairs
+  (`python -m labkit.cache.evaluation`);
 
 Lessons 06 and 07's workload and benchmark (`python -m labkit.lessons.cache --bench`) live in `labkit.lessons.cache`.
 

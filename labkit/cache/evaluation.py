@@ -15,10 +15,11 @@ the held-out part, overall and per kind, with 95% Wilson intervals. `python -m l
 with the options the decision was chosen from and the held-out curve over thresholds (`heldout_curve`: the guard's
 precision and recall as the threshold rises; report only, nothing is chosen on it).
 
-What was tuned on what: the guard's rules and word lists (`labkit.cache.guard`) and `DEFAULT_THRESHOLD` on the
-tuning split only (plus hard cases the developers wrote for the tests); the held-out split was run once after each
-round of changes to report it, and no rule was written from a held-out pair. `data/paraphrases.jsonl` was run once
-in round 2 as a further check (one wrong hit there, a pronoun role swap, led to one rule; see the guard).
+What was tuned on what: the guard's rules and word lists (`labkit.cache.guard`, `labkit.cache.lexicon`) and
+`DEFAULT_THRESHOLD` on the tuning split only (plus hard cases the developers wrote for the tests); the held-out
+split was run once after each round of changes to report it, and no rule was written from a held-out pair.
+`data/paraphrases.jsonl` was run once in round 2 as a further check (one wrong hit there, a pronoun role swap,
+led to one rule; see the guard).
 
 The older `data/paraphrases.jsonl` (fields `a`, `b`, `label` 0/1) still feeds the lessons' workloads; `load_pairs`
 reads both formats into the same rows.
@@ -234,7 +235,7 @@ def compare_options(result: Mapping[str, Any], long_prompt_units: int = 12) -> l
     cosine alone at a few thresholds, the earlier rules without the difference check, the full guard, and the
     full guard serving only prompts of at most `long_prompt_units` content words (where a paraphrase is plausible).
     """
-    from labkit.cache.guard import content_units
+    from labkit.cache.difference import content_units
 
     scores, split = result["scores"], result["split"]
     held = split == "heldout"
