@@ -347,20 +347,21 @@ async def disconnects_since(lab: Any, before: Mapping[str, Any] | None, stopped:
     return after["disconnects"] - before["disconnects"]
 
 
-def streaming_summary(
-    top: Mapping[str, Any], per_token_s: float, itl_p50_s: float | None, stopped: StreamOutcome | None
-) -> pd.DataFrame:
-    """Lesson 03's numbers: first text and total, plain against streamed, and what a Stop kept."""
-    rows = {
-        f"first text, plain (max_tokens={top['max_tokens']})": {"value": top["plain_first_text_s"], "unit": "s"},
-        "first text, streamed": {"value": top["stream_ttft_s"], "unit": "s"},
-        "total, plain": {"value": top["plain_total_s"], "unit": "s"},
-        "total, streamed": {"value": top["stream_total_s"], "unit": "s"},
-        "total per extra output token": {"value": per_token_s * 1000, "unit": "ms"},
-        "inter-token latency p50": {"value": (itl_p50_s or 0) * 1000, "unit": "ms"},
-    }
-    if stopped is not None:
-        rows["tokens kept by Stop"] = {"value": stopped.completion_tokens, "unit": "tokens (estimated)"}
+def streaming_summary(measured: Mapping[str, Any]) -> pd.DataFrame:
+    """Lesson 03's numbers: first text and total, plain against streamed, and what a Stop kept, from what the
+    sections put in `measured` (`longest`, `total_s_per_extra_token`, `itl_p50_s`, `stop`); a section that has not
+    run adds no row."""
+    rows: dict[str, dict[str, Any]] = {}
+    if "longest" in measured:
+        top = measured["longest"]
+        rows[f"first text, plain (max_tokens={top['max_tokens']})"] = {"value": top["plain_first_text_s"], "unit": "s"}
+        rows["first text, streamed"] = {"value": top["stream_ttft_s"], "unit": "s"}
+        rows["total, plain"] = {"value": top["plain_total_s"], "unit": "s"}
+        rows["total, streamed"] = {"value": top["stream_total_s"], "unit": "s"}
+        rows["total per extra output token"] = {"value": measured["total_s_per_extra_token"] * 1000, "unit": "ms"}
+        rows["inter-token latency p50"] = {"value": (measured.get("itl_p50_s") or 0) * 1000, "unit": "ms"}
+    if "stop" in measured:
+        rows["tokens kept by Stop"] = {"value": measured["stop"]["completion_tokens"], "unit": "tokens (estimated)"}
     return viz.table(rows)
 
 

@@ -445,25 +445,25 @@ def per_kind_rows(ev: Mapping[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["answer"], -r["pairs"]))
 
 
-def tiers_summary(
-    lags: Mapping[str, Mapping[str, float]],
-    p50: Mapping[str, float],
-    stacks: Sequence[Mapping[str, Any]],
-    outage: Mapping[str, Any],
-    run: Mapping[str, Any],
-    limits: Mapping[str, float],
-) -> dict[str, dict[str, Any]]:
-    """Lesson 06's numbers, one row per measure, for the "What we saw" table."""
-    rows: list[tuple[str, Any]] = [
-        *((f"longest event-loop stall, {client} (ms)", lag["loop_lag_max_ms"]) for client, lag in lags.items()),
-        *((f"hit p50, {tier} (µs)", value) for tier, value in p50.items() if not tier.startswith("miss")),
-        ("miss p50, the service (ms)", p50["miss (the service)"] / 1000),
-        *((f"repeated hit p50, {row['stack']} (µs)", row["hit p50 (µs)"]) for row in stacks),
-        ("outage: requests that succeeded", f"{outage['succeeded']} of {outage['requests']}"),
-        *((f"outage: {name}", got) for name, got in outage["probes"].items()),
-        ("workload: hit rate (exact ceiling)", f"{run['hit rate']:.0%} ({limits['exact ceiling']:.0%})"),
-        ("workload: cost saved", f"{run['cost saved']:.0%}"),
-    ]
+def tiers_summary(measured: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Lesson 06's numbers, one row per measure, for the "What we saw" table, from what the sections put in
+    `measured` (`common_advice`, `tiers`, `stacks`, `outage`, `workload`); a section that has not run adds no row."""
+    rows: list[tuple[str, Any]] = []
+    for client, lag in measured.get("common_advice", {}).get("loop_lag", {}).items():
+        rows.append((f"longest event-loop stall, {client} (ms)", lag["loop_lag_max_ms"]))
+    p50 = {row["tier"]: row["p50_us"] for row in measured.get("tiers", [])}
+    rows += [(f"hit p50, {tier} (µs)", value) for tier, value in p50.items() if not tier.startswith("miss")]
+    if "miss (the service)" in p50:
+        rows.append(("miss p50, the service (ms)", p50["miss (the service)"] / 1000))
+    rows += [(f"repeated hit p50, {row['stack']} (µs)", row["hit p50 (µs)"]) for row in measured.get("stacks", [])]
+    if "outage" in measured:
+        outage = measured["outage"]
+        rows.append(("outage: requests that succeeded", f"{outage['succeeded']} of {outage['requests']}"))
+        rows += [(f"outage: {name}", got) for name, got in outage["probes"].items()]
+    if "workload" in measured:
+        run, limits = measured["workload"]["run"], measured["workload"]["ceilings"]
+        rows.append(("workload: hit rate (exact ceiling)", f"{run['hit rate']:.0%} ({limits['exact ceiling']:.0%})"))
+        rows.append(("workload: cost saved", f"{run['cost saved']:.0%}"))
     return {name: {"value": value} for name, value in rows}
 
 
@@ -537,24 +537,25 @@ def threshold_sweep(
     }
 
 
-def semantic_summary(
-    decisions: Mapping[str, Mapping[str, Any]],
-    run: Mapping[str, Any],
-    limits: Mapping[str, float],
-    embed_ms: float,
-) -> dict[str, dict[str, Any]]:
-    """Lesson 07's numbers, one row per measure, for the "What we saw" table."""
+def semantic_summary(measured: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Lesson 07's numbers, one row per measure, for the "What we saw" table, from what the sections put in
+    `measured` (`decisions`, `workload`, `embed_ms_per_lookup`); a section that has not run adds no row."""
     rows: list[tuple[str, Any]] = []
-    for name, d in decisions.items():
+    for name, d in measured.get("decisions", {}).items():
         low, high = d["false_hit_rate_ci95"]
         rows.append((f"held out, {name}: false hits (95% CI)", f"{d['false_hit_rate']:.1%} ({low:.1%}–{high:.1%})"))
         rows.append((f"held out, {name}: recall", f"{d['recall']:.0%}"))
-    exact = run["exact hits"] / run["requests"]
-    rows += [
-        ("workload: exact hit rate (ceiling)", f"{exact:.0%} ({limits['exact ceiling']:.0%})"),
-        ("workload: with the semantic cache (ceiling)", f"{run['hit rate']:.0%} ({limits['semantic ceiling']:.0%})"),
-        ("workload: wrong answers served", run["wrong answers served"]),
-        ("embedding per lookup (ms)", f"{embed_ms:.1f}"),
-        ("a miss, p50 (ms)", f"{run['miss p50 (ms)']:,.0f}"),
-    ]
+    if "workload" in measured:
+        run, limits = measured["workload"]["run"], measured["workload"]["ceilings"]
+        exact = run["exact hits"] / run["requests"]
+        rows += [
+            ("workload: exact hit rate (ceiling)", f"{exact:.0%} ({limits['exact ceiling']:.0%})"),
+            (
+                "workload: with the semantic cache (ceiling)",
+                f"{run['hit rate']:.0%} ({limits['semantic ceiling']:.0%})",
+            ),
+            ("workload: wrong answers served", run["wrong answers served"]),
+            ("embedding per lookup (ms)", f"{measured['embed_ms_per_lookup']:.1f}"),
+            ("a miss, p50 (ms)", f"{run['miss p50 (ms)']:,.0f}"),
+        ]
     return {name: {"value": value} for name, value in rows}

@@ -290,28 +290,23 @@ async def cross_process_rounds(pool: Any, requests_per_worker: int, server: SimC
     return rounds
 
 
-def summary_rows(
-    keys: Mapping[str, int],
-    bursts: Mapping[str, Mapping[str, Any]],
-    runs: Sequence[Mapping[str, Any]],
-    rounds: Sequence[Mapping[str, Any]],
-) -> list[dict[str, Any]]:
-    """The run's headline numbers, one row per measurement (for `viz.table`)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "measurement": "md5(prompt) key: wrong answers",
-            "value": keys.get("naive_wrong"),
-            "of": keys.get("needs_own_answer"),
-        },
-        {
-            "measurement": "labkit key: wrong answers",
-            "value": keys.get("labkit_wrong"),
-            "of": keys.get("needs_own_answer"),
-        },
-    ]
-    for arm, b in bursts.items():
+def summary_rows(measured: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's headline numbers, one row per measurement (for `viz.table`), from what the sections put in
+    `measured` (`fingerprint`, `bursts`, `workload`, `redis`); a section that has not run adds no row."""
+    keys = measured.get("fingerprint", {})
+    rows: list[dict[str, Any]] = []
+    if keys:
+        rows += [
+            {
+                "measurement": "md5(prompt) key: wrong answers",
+                "value": keys["naive_wrong"],
+                "of": keys["needs_own_answer"],
+            },
+            {"measurement": "labkit key: wrong answers", "value": keys["labkit_wrong"], "of": keys["needs_own_answer"]},
+        ]
+    for arm, b in measured.get("bursts", {}).items():
         rows.append({"measurement": f"burst, {arm}: upstream calls", "value": b["upstream_calls"], "of": b["requests"]})
-    for run in runs:
+    for run in measured.get("workload", {}).get("runs", []):
         rows.append(
             {
                 "measurement": f"workload, {run['label']}: upstream calls",
@@ -319,7 +314,7 @@ def summary_rows(
                 "of": run["requests"],
             }
         )
-    for r in rounds:
+    for r in measured.get("redis", {}).get("rounds", []):
         rows.append(
             {"measurement": f"workers, {r['label']}: upstream calls", "value": r["upstream_calls"], "of": r["requests"]}
         )

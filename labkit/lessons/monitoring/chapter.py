@@ -367,26 +367,26 @@ def mean_and_p95(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), float(np.quantile(values, 0.95, method="lower"))
 
 
-def numbers(
-    memory: Mapping[str, Sequence[Mapping[str, float]]],
-    clock: Mapping[str, Any],
-    sketch_check: Sequence[Mapping[str, Any]],
-    quantile_check: Sequence[Mapping[str, Any]],
-    alerts: Mapping[str, Any],
-    load: Mapping[str, Any],
-) -> pd.DataFrame:
-    """The run's numbers in one small table: what each finding of the lesson rests on."""
+def numbers(measured: Mapping[str, Any]) -> pd.DataFrame:
+    """The run's numbers in one small table: what each finding of the lesson rests on, from what the sections put
+    in `measured` (`memory`, `sketch_check`, `quantile_check`, `clock`, `load`, `alerts`); a section that has not
+    run adds no row."""
     rows: dict[str, dict[str, Any]] = {}
-    for name, sweep in memory.items():
+    for name, sweep in measured.get("memory", {}).items():
         last = sweep[-1]
         rows[f"{name}: memory at {int(last['observations']):,} requests"] = {"value": last["MB"], "unit": "MB"}
         rows[f"{name}: one p95 read"] = {"value": last["p95_read_ms"], "unit": "ms"}
-    rows["MiniSketch: worst quantile error (100k durations)"] = {
-        "value": 100 * max(r["relative error"] for r in sketch_check), "unit": "%"}  # fmt: skip
-    rows["labkit Histogram: worst quantile error (the load)"] = {
-        "value": 100 * max(r["relative error"] for r in quantile_check), "unit": "%"}  # fmt: skip
-    rows["guide's p95 of 20 ms calls, clock stepped"] = {"value": clock["guide_p95_ms"], "unit": "ms"}
-    rows["requests in the load"] = {"value": load["requests"], "unit": "requests"}
+    if "sketch_check" in measured:
+        worst = max(r["relative error"] for r in measured["sketch_check"])
+        rows["MiniSketch: worst quantile error (100k durations)"] = {"value": 100 * worst, "unit": "%"}
+    if "quantile_check" in measured:
+        worst = max(r["relative error"] for r in measured["quantile_check"])
+        rows["labkit Histogram: worst quantile error (the load)"] = {"value": 100 * worst, "unit": "%"}
+    if "clock" in measured:
+        rows["guide's p95 of 20 ms calls, clock stepped"] = {"value": measured["clock"]["guide_p95_ms"], "unit": "ms"}
+    if "load" in measured:
+        rows["requests in the load"] = {"value": measured["load"]["requests"], "unit": "requests"}
+    alerts = measured.get("alerts", {"first_fire_s": {}})
     for slo, at in alerts["first_fire_s"].items():
         if alerts["faults_at_s"] is not None and at >= alerts["faults_at_s"]:
             rows[f"{slo} alert: first fired after the faults began"] = {
@@ -394,47 +394,3 @@ def numbers(
                 "unit": "s",
             }
     return viz.table(rows)
-
-
-def results(
-    memory: Mapping[str, Sequence[Mapping[str, float]]],
-    clock: Mapping[str, Any],
-    early: Sequence[Mapping[str, Any]],
-    sketch_check: Sequence[Mapping[str, Any]],
-    load: Mapping[str, Any],
-    metrics: Any,
-    quantile_check: Sequence[Mapping[str, Any]],
-    stages: Mapping[str, Any],
-    prom: Mapping[str, Any],
-    content_type: str,
-    server: Any,
-    rows: pd.DataFrame,
-    dashboard: Any,
-    alerts: Mapping[str, Any],
-) -> dict[str, Any]:
-    """What the notebook measured, as the JSON its test asserts on."""
-    return {
-        "memory": {name: list(sweep) for name, sweep in memory.items()},
-        "clock": {k: v for k, v in clock.items() if k not in ("wall_ms", "true_ms")},
-        "early": list(early),
-        "sketch_check": list(sketch_check),
-        "load": dict(load),
-        "snapshot": metrics.snapshot(),
-        "window_snapshot": metrics.snapshot(60.0),
-        "quantile_check": list(quantile_check),
-        "stages": stages["stages"],
-        "stage_sum_max_gap_s": stages["stage_sum_max_gap_s"],
-        "prometheus": {
-            "families": sorted(prom["families"]),
-            "content_type": content_type,
-            "lines": prom["lines"],
-            "scrapes": server.scrapes,
-        },
-        "layer_metrics": sorted({row["metric"] for row in prom["layer_rows"]}),
-        "dashboard": {
-            "samples": len(rows),
-            "refreshes": dashboard.refreshes,
-            "peak_error_rate_pct": float(rows.error_rate_pct.max()),
-        },
-        "alerts": dict(alerts),
-    }

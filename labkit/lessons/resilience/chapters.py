@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from labkit.lab import viz
 from labkit.lab.progress import Ticker
 from labkit.lessons.resilience.headline import HEADLINE_ARMS
+from labkit.lessons.resilience.routing import BALANCING_PHASES
 from labkit.lessons.resilience.workload import fault_mix
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "arrival_peaks",
     "balancer_chart",
     "balancer_table",
+    "balancing_phases",
     "breakers_results",
     "breakers_seen",
     "headline_chart",
@@ -222,6 +224,15 @@ def timeline_chart(bt: Mapping[str, Any]) -> go.Figure:
         f"the caller saw {bt['caller_failed']} failure(s) in {bt['requests']}"
     )
     return viz._layout(fig, title, "time (s)", "endpoint that answered")
+
+
+def balancing_phases(names: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The phases of labkit's balancer comparison named in `names`, in their order (None: all of them)."""
+    known = [label for label, _ in BALANCING_PHASES]
+    unknown = set(names or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown phase(s) {sorted(unknown)}; choose from {known}")
+    return [(label, dict(faults)) for label, faults in BALANCING_PHASES if names is None or label in names]
 
 
 def share_of(picks: Mapping[str, int], name: str = "s0") -> float:

@@ -63,16 +63,25 @@ async def decision_table(
     seed: int = 0,
     cases: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = DECISION_CASES,
 ) -> list[dict[str, Any]]:
-    """One real error per case from the first service, classified, and what `policy` decides about it.
+    """One real error per case, classified, and what `policy` decides about it.
 
     `decide` is a pure function of the classified error, the attempt number (1 here) and the time left
     (`deadline_s`). One row per case: `failure`, `raised`, `status`, `code`, `retry-after (s)`,
-    `after first token`, `labkit retries`, `wait (s)`, `why`, `counts against endpoint`.
+    `after first token`, `labkit retries`, `wait (s)`, `why`, `counts against endpoint`. The cases are spread over
+    the lab's services, one case at a time per service (each switches its own faults on), so a lab of three
+    provokes three errors at once.
     """
     policy = policy or RetryPolicy(max_attempts=4, base_delay_s=0.5)
+    sims = list(lab.sims)
+    turns = [asyncio.Lock() for _ in sims]
+
+    async def provoke(k: int, faults: Mapping[str, Any], kwargs: Mapping[str, Any]) -> BaseException | None:
+        async with turns[k % len(sims)]:
+            return await _one_failure(sims[k % len(sims)], faults, **kwargs)
+
+    errors = await asyncio.gather(*(provoke(k, *case) for k, case in enumerate(cases.values())))
     rows = []
-    for label, (faults, kwargs) in cases.items():
-        error = await _one_failure(lab.sims[0], faults, **kwargs)
+    for label, error in zip(cases, errors, strict=True):
         info = classify(error) if error is not None else None
         if info is None:
             rows.append({"failure": label, "raised": None, "labkit retries": False, "why": "no error"})
@@ -98,14 +107,14 @@ async def decision_table(
 async def sick_upstream(
     lab: Any, *, n: int, budget_ratio: float = 0.1, min_per_s: float = 0.5, max_attempts: int = 3
 ) -> dict[str, dict[str, float]]:
-    """`n` concurrent calls to a service that answers 503 to everything: the SDK's retries vs labkit's budget.
+    """`n` concurrent calls to a service that answers 503 to everything: the SDK's retries vs labkit's budget
+    (each arm on a service of its own, at the same time, where the lab has two).
 
     Returns `{arm: {"upstream requests", "per caller request", "wall (s)"}}` for "SDK retries (max_retries=2)" and
     "labkit retries, budget <ratio> %" (a retry budget of `budget_ratio` retries per request plus `min_per_s`).
     """
     if n < 1:
         raise ValueError("n must be >= 1")
-    sim = lab.sims[0]
     budgeted = ChainConfig.preset(
         "bare",
         retry=True,
@@ -115,11 +124,12 @@ async def sick_upstream(
         retry_budget_min_per_s=min_per_s,
         retry_deadline_s=None,
     )
-    out: dict[str, dict[str, float]] = {}
-    for label, config in (
-        ("SDK retries (max_retries=2)", ChainConfig.preset("bare", sdk_max_retries=2)),
-        (f"labkit retries, budget {budget_ratio * 100:g} %", budgeted),
-    ):
+    arms = {
+        "SDK retries (max_retries=2)": ChainConfig.preset("bare", sdk_max_retries=2),
+        f"labkit retries, budget {budget_ratio * 100:g} %": budgeted,
+    }
+
+    async def arm(sim: Any, config: ChainConfig) -> dict[str, float]:
         await sim.areset()
         await sim.aset_faults({"error_rates": {"503": 1.0}})
         started = time.perf_counter()
@@ -131,8 +141,13 @@ async def sick_upstream(
         elapsed = time.perf_counter() - started
         upstream = (await sim.astats())["requests_total"]
         await sim.areset()
-        out[label] = {"upstream requests": upstream, "per caller request": upstream / n, "wall (s)": elapsed}
-    return out
+        return {"upstream requests": upstream, "per caller request": upstream / n, "wall (s)": elapsed}
+
+    if len(lab.sims) >= 2:  # each arm on a service of its own, both at once
+        rows = await asyncio.gather(*(arm(sim, config) for sim, config in zip(lab.sims, arms.values(), strict=False)))
+    else:
+        rows = [await arm(lab.sims[0], config) for config in arms.values()]
+    return dict(zip(arms, rows, strict=True))
 
 
 __all__ = ["DECISION_CASES", "decision_table", "sick_upstream"]

@@ -26,6 +26,10 @@ HEADLINE_ARMS = (
 )
 
 
+#: How long the caller waits for a request, as a multiple of the retry layer's deadline (6 s at lesson 09's 5 s).
+CALLER_PATIENCE = 1.2
+
+
 def headline_configs(
     n_endpoints: int, *, deadline_s: float, first_token_timeout_s: float, seed: int
 ) -> dict[str, ChainConfig]:
@@ -76,8 +80,10 @@ async def headline(
 ) -> dict[str, Any]:
     """The failure share seen by the caller under `faults` injected faults, per arm (see the notebook, part 5).
 
-    Each arm gets `counters` (`chain_counters`: the retry layer's `resumed`, `resume_diverged`, ...) beside its
-    figures. `tick()` is called after each request (a progress bar).
+    The caller waits `CALLER_PATIENCE` times `deadline_s` for each request, every arm alike: a little longer than
+    the retry layer's own deadline, so that layer gives up first where it is on. Each arm gets `counters`
+    (`chain_counters`: the retry layer's `resumed`, `resume_diverged`, ...) beside its figures. `tick()` is called
+    after each request (a progress bar).
     """
     configs = headline_configs(
         len(lab.endpoints), deadline_s=deadline_s, first_token_timeout_s=first_token_timeout_s, seed=seed
@@ -91,7 +97,8 @@ async def headline(
             await sim.areset()
             await sim.aset_faults(fault_mix(faults, seed=seed * 100 + i))
         async with build_chain(configs[name], lab.endpoints) as built:
-            rows = await run_workload(built.chain, n, concurrency=concurrency, deadline_s=deadline_s + 1.0, tick=tick)
+            patience = CALLER_PATIENCE * deadline_s
+            rows = await run_workload(built.chain, n, concurrency=concurrency, deadline_s=patience, tick=tick)
         stats = [await sim.astats() for sim in lab.sims]
         summary = summarize_runs(rows)
         prompt = summary["prompt_tokens"] / max(1, n - summary["failed"])

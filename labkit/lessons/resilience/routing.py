@@ -207,9 +207,7 @@ async def compare_hedging(
             rows = await run_workload(built.chain, n, concurrency=concurrency, tick=tick)
         finally:
             await built.aclose()
-        # a loser cancelled while its service slept on a slow first byte is noticed when the service wakes up
-        await asyncio.sleep(tail_delay_s + 0.3)
-        stats = [await sim.astats() for sim in lab.sims]
+        stats = await _settled_stats(lab, built.hedge, wait_s=tail_delay_s + 0.3)
         summary = summarize_runs(rows)
         prompt = summary["prompt_tokens"] / max(1, n - summary["failed"])
         up = upstream_totals(stats, "gpt-4o", prompt)
@@ -223,6 +221,22 @@ async def compare_hedging(
     for sim in lab.sims:
         await sim.areset()
     return out
+
+
+async def _settled_stats(lab: Any, hedge: Any, *, wait_s: float) -> list[dict[str, Any]]:
+    """The services' counters once the hedge's cancelled losers have reached them.
+
+    A loser cancelled while its service slept on a slow first byte is noticed only when the service wakes up, up to
+    `wait_s` later, so the counters are read again until every cancelled loser shows as a disconnect or `wait_s`
+    passed; without a hedge (`hedge` None) there is no loser to wait for.
+    """
+    deadline = time.monotonic() + (wait_s if hedge is not None else 0.0)
+    while True:
+        stats = [await sim.astats() for sim in lab.sims]
+        settled = hedge is None or sum(s["disconnects"] for s in stats) >= hedge.stats.losers_cancelled
+        if settled or time.monotonic() >= deadline:
+            return stats
+        await asyncio.sleep(0.05)
 
 
 def _picks(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
