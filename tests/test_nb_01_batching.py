@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 PARAMS = {
@@ -67,3 +69,8 @@ def test_hand_written_token_bucket_runs_at_90_percent_of_the_rate_the_limits_all
 
 def test_admission_results_come_back_in_input_order(results):
     assert results["admission"]["results_in_order"]
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("01", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

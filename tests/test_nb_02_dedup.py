@@ -5,6 +5,8 @@ workload measurement and Redis across processes, executed with papermill at smal
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 #: The test sizes (tests/test_external_endpoint.py runs the same sizes against an external endpoint).
@@ -101,3 +103,8 @@ def test_saved_call_figures_are_consistent(results):
         assert spec["distinct"] <= runs[config]["upstream_calls"] < spec["requests"]
         assert runs[config]["upstream_cost_usd"] < runs["none"]["upstream_cost_usd"]
     assert runs["both"]["upstream_calls"] <= min(runs["cache"]["upstream_calls"], runs["coalesce"]["upstream_calls"])
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("02", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -4,6 +4,8 @@ cells against labkit's `consume()`, broken streams and timeouts, the live view a
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 # 'bench-prefill': 0.3 s plus 0.25 ms per uncached prompt token to the first token, then 20 ms per token, no
@@ -80,3 +82,8 @@ def test_broken_streams_and_timeouts_become_clear_errors(results):
     assert failures["drop_mid_stream_rate"]["kind"] == "dropped"
     assert failures["first token"]["kind"] == "FirstTokenTimeout"
     assert failures["whole stream"]["kind"] == "StreamTimeout" and failures["whole stream"]["partial_chars"] > 0
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("03", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -4,6 +4,8 @@ with: a fitted max_tokens, history trimmed to a budget (built in cells, then lab
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 # 'bench-prefill': 0.3 s plus 0.25 ms per uncached prompt token (4000 prompt tokens/s) to the first token, then
@@ -69,3 +71,8 @@ def test_static_instructions_first_are_served_from_the_prefix_cache(results):
     assert lever["after"]["cost_usd"] < lever["before"]["cost_usd"]
     # cached tokens skip prefill: about 1400 of ~1450 prompt tokens, i.e. some 0.35 s less to the first token
     assert lever["after"]["ttft_s"] < 0.75 * lever["before"]["ttft_s"]
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("04", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

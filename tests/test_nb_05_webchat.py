@@ -4,6 +4,8 @@ decode breaks split characters; bad input gets a bare 500 from the minimal route
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 # 'bench': first token after 0.3 s, then 20 ms per token, so 30 tokens spread the reads over about 0.6 s
@@ -34,3 +36,8 @@ def test_the_minimal_route_answers_malformed_input_with_a_bare_500(results):
 def test_labkits_app_rejects_bad_input_with_a_clear_4xx(results):
     bad = results["webchat"]["bad_input"]
     assert {label: b["status"] for label, b in bad.items()} == {"empty": 400, "malformed": 400, "oversized": 413}
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("05", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

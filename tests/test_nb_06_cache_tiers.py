@@ -6,6 +6,8 @@ import os
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 
@@ -111,3 +113,8 @@ def test_the_tiers_serve_the_workloads_repeats_and_save_their_cost(results):
     assert 0 < run["hit rate"] <= ceilings["exact ceiling"] + 1e-9
     assert 0 < run["cost saved"] < 1
     assert run["hit p50 (ms)"] < run["miss p50 (ms)"] / 10
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("06", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -4,6 +4,8 @@ pool limits, and the SDK on httpx2, the SDK on aiohttp and the lean transport on
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 REQUESTS = 48
@@ -86,3 +88,8 @@ def test_every_stream_completed_on_every_transport(results):
 def test_the_lean_transport_adds_less_to_the_first_token_than_the_sdk_on_httpx2(results):
     added = {r["transport"]: r["ttft_added_ms"]["p50"] for r in results["streams"]}
     assert added["lean"] < added["sdk_httpx"]
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("08", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -4,6 +4,8 @@ measured as the caller sees it under injected faults."""
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 # the headline needs a few hundred streams per arm to say anything about a 0.1 % goal
 pytestmark = [pytest.mark.notebook, pytest.mark.timeout(300)]
 
@@ -95,3 +97,8 @@ def test_labkits_budget_spares_a_sick_upstream(results):
     sick = results["sick_upstream"]
     assert sick["labkit retries, budget 10 %"]["per caller request"] < 1.5
     assert sick["SDK retries (max_retries=2)"]["per caller request"] == 3.0
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("09", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -4,6 +4,8 @@ CircuitBreaker, Balancer and HedgeLayer on the same services."""
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = [pytest.mark.notebook, pytest.mark.timeout(300)]
 
 
@@ -65,3 +67,8 @@ def test_hedging_cuts_the_tail_within_its_cap(results):
     # losers were cancelled upstream (a loser cancelled while its service slept on a slow first byte may go
     # unnoticed by the service, so not every loser shows)
     assert hedged["disconnects"] > 0 and hedged["disconnects"] >= 0.5 * hedged["hedge"]["losers_cancelled"]
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("10", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured

@@ -6,6 +6,8 @@ import re
 import pytest
 from nbrun import run_notebook
 
+from labkit.lessons.checklist import gains
+
 pytestmark = pytest.mark.notebook
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -107,3 +109,8 @@ def test_availability_alert_fires_after_the_faults_and_not_before(results):
     alerts = results["alerts"]
     assert "availability" not in alerts["fired_before_faults"]
     assert alerts["first_fire_s"]["availability"] >= alerts["faults_at_s"]
+
+
+def test_the_guides_checklist_reads_a_measured_gain_from_these_results(results):
+    measured = gains("11", results)
+    assert measured and not [item for item, gain in measured.items() if gain.startswith("not measured")], measured
