@@ -369,7 +369,7 @@ async def workload_run(
 
 class CachedEmbedder:
     """The default embedder with a dict in front: the pairs are embedded once per kernel, whichever section
-    asks first (embedding all 1,272 pairs takes a few seconds)."""
+    asks first (embedding all 1,398 pairs takes a few seconds)."""
 
     def __init__(self) -> None:
         from labkit.cache.embeddings import default_embedder
