@@ -183,13 +183,20 @@ STOP_RESULT_CELL = "await pane.result()"  # the cell after the Stop pane's start
 
 
 def live_view_notebook(folder: Path) -> Path:
-    """03_streaming's parameters, set-up and live-view cells (tags `setup`, `live`), with test parameters."""
+    """03_streaming's parameters, set-up and live-view cells (tags `parameters`, `setup`, `live`), the test's
+    parameters overriding the notebook's own (as papermill injects them)."""
     source = nbformat.read(ROOT / "notebooks" / "03_streaming.ipynb", as_version=4)
-    cells = [c for c in source.cells if c.cell_type == "code" and {"setup", "live"} & set(c.metadata.get("tags", []))]
+    tags = {"parameters", "setup", "live"}
+    cells = [c for c in source.cells if c.cell_type == "code" and tags & set(c.metadata.get("tags", []))]
     params = "\n".join(f"{k} = {v!r}" for k, v in TEST_PARAMETERS.items())
     nb = nbformat.v4.new_notebook(metadata=source.metadata)
-    nb.cells = [nbformat.v4.new_code_cell(params), *[nbformat.v4.new_code_cell(c.source) for c in cells]]
-    nb.cells.append(nbformat.v4.new_code_cell("await transport_a.aclose()\nawait transport_b.aclose()\nlab.stop()"))
+    nb.cells = [nbformat.v4.new_code_cell(c.source) for c in cells]
+    nb.cells.insert(1, nbformat.v4.new_code_cell(params))  # right after the notebook's parameters cell
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "await aclient.close()\nawait transport_a.aclose()\nawait transport_b.aclose()\nlab.stop()"
+        )
+    )
     path = folder / "03_streaming.ipynb"
     nbformat.write(nb, path)
     return path
