@@ -378,8 +378,9 @@ def _cache(config: ChainConfig, scoping: Scoping, redis_url: str | None, sqlite_
     if config.cache_redis and redis_url:
         tiers.append(RedisTier(redis_url, prefix=f"labkit:capstone:{os.getpid()}:{id(tiers)}:"))
     if config.cache_sqlite:
+        # a temporary file of its own is private: the tier answers a miss for a key it never wrote without a read
         path = sqlite_path or os.path.join(tempfile.mkdtemp(prefix="labkit-capstone-"), "cache.sqlite")
-        tiers.append(SQLiteTier(path))
+        tiers.append(SQLiteTier(path, write_behind_s=config.cache_sqlite_write_behind_s, private=sqlite_path is None))
     # the de-dup layer below coalesces misses; without it the cache's own stampede protection would do the same
     # job and the ablation could not tell the two apart
     return CacheLayer(

@@ -27,12 +27,26 @@ class Layer(Protocol):
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result: ...
 
 
-def _bind(layer: Layer, call_next: Handler) -> Handler:
-    async def handler(request: ChatRequest) -> Result:
-        return await layer(request, call_next)
+class _Bound:
+    """A layer bound to the handler below it: calling it returns the layer's own coroutine.
 
-    handler.__qualname__ = f"{type(layer).__name__}.handler"
-    return handler
+    Not a coroutine of its own: an `async def` wrapper added one more coroutine per layer to every request."""
+
+    __slots__ = ("call_next", "layer")
+
+    def __init__(self, layer: Layer, call_next: Handler) -> None:
+        self.layer = layer
+        self.call_next = call_next
+
+    def __call__(self, request: ChatRequest) -> Awaitable[Result]:
+        return self.layer(request, self.call_next)
+
+    def __repr__(self) -> str:
+        return f"<{type(self.layer).__name__}.handler>"
+
+
+def _bind(layer: Layer, call_next: Handler) -> Handler:
+    return _Bound(layer, call_next)
 
 
 class Chain:

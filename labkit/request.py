@@ -85,7 +85,16 @@ class ChatRequest:
         return dataclasses.replace(self, **changes)
 
     def with_controls(self, **controls: Any) -> ChatRequest:
-        return self.replace(controls={**self.controls, **controls})
+        """A copy with these controls added. Layers call it on every request (the retry and hedge layers once per
+        attempt), so it copies the fields as they are, without `replace`'s checks (the fields it checks do not
+        change), and keeps the fingerprint already computed unless the volatile parameters change."""
+        new = object.__new__(type(self))
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields["controls"] = {**self.controls, **controls}
+        if "volatile" in controls:
+            fields.pop("key", None)
+        return new
 
     def __repr__(self) -> str:
         controls = {k: ("***" if k in SECRET_CONTROLS else v) for k, v in self.controls.items()}

@@ -11,7 +11,14 @@ import redis.asyncio as aioredis
 
 from labkit.chain import Chain
 from labkit.layers.adaptive import AdaptiveConcurrency
-from labkit.layers.admission import AdmissionLayer, LocalBudget, TokenBucket, estimate_tokens, parse_duration
+from labkit.layers.admission import (
+    AdmissionLayer,
+    LocalBudget,
+    TokenBucket,
+    estimate_tokens,
+    parse_duration,
+    token_bound,
+)
 from labkit.layers.ratelimit_redis import RedisBudget
 from labkit.request import ChatRequest
 from labkit.tokens import count_messages
@@ -258,3 +265,16 @@ def test_adaptive_limit_backs_off_when_latency_grows():
 def test_adaptive_refuses_a_tolerance_that_cannot_detect_queueing():
     with pytest.raises(ValueError, match="tolerance"):
         AdaptiveConcurrency(tolerance=1.0)
+
+
+def test_a_roomy_budget_is_charged_the_byte_bound_instead_of_a_count():
+    request = ChatRequest.create("gpt-4o", "Name one use of the number 7.", max_tokens=16)
+    layer = AdmissionLayer(10**7, 10**10)
+    assert token_bound(request) >= estimate_tokens(request)  # a byte-level BPE token is at least one byte
+    assert layer._estimate(request) == token_bound(request)
+
+
+def test_a_budget_near_its_limit_is_charged_the_exact_count():
+    request = ChatRequest.create("gpt-4o", "Name one use of the number 7.", max_tokens=16)
+    layer = AdmissionLayer(1200, 60_000)  # a request is more than 1 % of this token bucket
+    assert layer._estimate(request) == estimate_tokens(request) < token_bound(request)

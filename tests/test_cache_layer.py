@@ -10,7 +10,7 @@ import pytest
 from conftest import Counting
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from labkit.cache import CacheControls, CacheLayer, MemoryTier, tenant_hash
+from labkit.cache import CacheControls, CacheLayer, Entry, MemoryTier, tenant_hash
 from labkit.cache.memcached_tier import MemcachedTier
 from labkit.cache.redis_tier import RedisTier
 from labkit.cache.sqlite_tier import SQLiteTier
@@ -99,6 +99,24 @@ async def test_a_caller_editing_its_answer_does_not_change_the_cached_one(transp
     hit.choices[0].message.content = "vandalised"
     again = await chain(ask("edit me"))
     assert again.choices[0].message.content == original
+
+
+async def test_a_hit_does_not_carry_the_rate_limit_headers_of_the_answer_it_was_stored_from(transport):
+    chain, _, _ = build(transport, [MemoryTier()])
+    first = await chain(ask("headers stay upstream"))
+    hit = await chain(ask("headers stay upstream"))
+    assert getattr(first, "_headers", None) is not None  # the transport's own answer keeps them
+    assert getattr(hit, "_headers", None) is None
+    assert hit.choices[0].message.content == first.choices[0].message.content
+
+
+async def test_the_l1_weighs_an_answer_close_to_its_stored_size_without_encoding_it(transport):
+    layer = CacheLayer([MemoryTier()])
+    request = ask("weigh me")
+    entry = Entry.of_completion(layer.cache_key(request), await transport(request), 60)
+    weight = entry.weight
+    assert "blob" not in entry.__dict__  # weighed from its text, not encoded
+    assert abs(weight - entry.size) <= 0.25 * entry.size
 
 
 async def test_entries_written_together_get_jittered_ttls(transport):

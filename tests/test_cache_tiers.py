@@ -108,7 +108,7 @@ async def test_memory_tier_is_bounded_by_entries_in_lru_order():
 
 async def test_memory_tier_is_bounded_by_bytes():
     one = entry("k0", "x" * 1000)
-    tier = MemoryTier(max_entries=100, max_bytes=int(3.5 * one.size))  # sizes vary by a few bytes (timestamps)
+    tier = MemoryTier(max_entries=100, max_bytes=int(3.5 * one.weight))  # what the tier weighs an entry by
     for i in range(5):
         await tier.set(f"k{i}", entry(f"k{i}", "x" * 1000), 60)
     assert len(tier) == 3 and tier.bytes_used <= tier.max_bytes
@@ -265,3 +265,86 @@ async def test_sqlite_purge_deletes_expired_rows(sqlite_tier):
     await sqlite_tier.set("new", entry("new"), 60)
     await asyncio.sleep(0.03)
     assert sqlite_tier.purge() == 1 and len(sqlite_tier) == 1
+
+
+# -- SQLite written behind ---------------------------------------------------------------------------------------
+
+
+async def test_sqlite_written_behind_serves_its_own_buffered_write_before_the_file_has_it(tmp_path):
+    path = tmp_path / "behind.db"
+    tier = SQLiteTier(path, write_behind_s=60.0)
+    other = SQLiteTier(path)  # another process's view of the same file
+    await tier.set("k1", entry("k1", "buffered"), 60)
+    got = await tier.get("k1")
+    assert got is not None and got.completion.choices[0].message.content == "buffered"
+    assert tier.pending == 1 and await other.get("k1") is None
+    tier.flush()
+    assert tier.pending == 0 and await other.get("k1") is not None
+    await tier.aclose()
+    await other.aclose()
+
+
+async def test_sqlite_written_behind_writes_a_full_batch_at_once(tmp_path):
+    tier = SQLiteTier(tmp_path / "batch.db", write_behind_s=60.0, batch_rows=3)
+    for i in range(3):
+        await tier.set(f"k{i}", entry(f"k{i}"), 60)
+    assert tier.pending == 0 and tier.flushes == 1
+    await tier.aclose()
+
+
+async def test_sqlite_written_behind_writes_after_its_delay(tmp_path):
+    path = tmp_path / "timer.db"
+    tier = SQLiteTier(path, write_behind_s=0.05)
+    await tier.set("k1", entry("k1"), 60)
+    await asyncio.sleep(0.2)
+    assert tier.pending == 0 and tier.flushes == 1
+    other = SQLiteTier(path)
+    assert await other.get("k1") is not None
+    await other.aclose()
+    await tier.aclose()
+
+
+async def test_sqlite_written_behind_writes_its_buffer_when_closed(tmp_path):
+    path = tmp_path / "close.db"
+    tier = SQLiteTier(path, write_behind_s=60.0)
+    await tier.set("k1", entry("k1", "kept"), 60)
+    await tier.aclose()
+    again = SQLiteTier(path)
+    got = await again.get("k1")
+    await again.aclose()
+    assert got is not None and got.completion.choices[0].message.content == "kept"
+
+
+async def test_sqlite_written_behind_forgets_a_deleted_buffered_row(tmp_path):
+    tier = SQLiteTier(tmp_path / "delete.db", write_behind_s=60.0)
+    await tier.set("k1", entry("k1"), 60)
+    await tier.delete("k1")
+    assert await tier.get("k1") is None and len(tier) == 0
+    await tier.aclose()
+
+
+def test_sqlite_write_behind_needs_a_positive_delay(tmp_path):
+    with pytest.raises(ValueError, match="write_behind_s"):
+        SQLiteTier(tmp_path / "bad.db", write_behind_s=0)
+
+
+async def test_a_private_sqlite_tier_answers_a_miss_without_reading_the_file(tmp_path):
+    tier = SQLiteTier(tmp_path / "private.db", private=True)
+    await tier.set("mine", entry("mine", "written here"), 60)
+    statements: list[str] = []
+    tier._db.set_trace_callback(statements.append)
+    assert await tier.get("never-written") is None and statements == []
+    got = await tier.get("mine")
+    assert got is not None and got.completion.choices[0].message.content == "written here"
+    await tier.aclose()
+
+
+async def test_a_private_sqlite_tier_knows_the_rows_already_in_its_file(tmp_path):
+    path = tmp_path / "reopened.db"
+    first = SQLiteTier(path)
+    await first.set("earlier", entry("earlier", "from before"), 60)
+    await first.aclose()
+    tier = SQLiteTier(path, private=True)
+    got = await tier.get("earlier")
+    await tier.aclose()
+    assert got is not None and got.completion.choices[0].message.content == "from before"

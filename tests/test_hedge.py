@@ -9,7 +9,8 @@ import pytest
 from labkit.chain import Chain
 from labkit.lab.services import start_sim
 from labkit.layers.balancer import Backend, Balancer
-from labkit.layers.hedge import HedgeLayer
+from labkit.layers.hedge import HedgeLayer, SampleWindow
+from labkit.percentiles import percentile
 from labkit.transports.sdk import OpenAITransport
 
 
@@ -116,3 +117,11 @@ def test_the_delay_is_the_quantile_of_observed_first_tokens():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         HedgeLayer(**kwargs)
+
+
+def test_the_sample_window_keeps_the_percentile_of_its_last_samples():
+    window = SampleWindow(50)
+    values = [((i * 7919) % 101) / 100 for i in range(200)]
+    window.extend(values)
+    assert len(window) == 50 and list(window) == values[-50:]
+    assert window.percentile(95) == percentile(values[-50:], 95)

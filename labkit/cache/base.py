@@ -19,13 +19,25 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import orjson
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from labkit.stream import merge_chunks
+from labkit.stream import chunk_text, merge_chunks
 
 #: Bump when the stored layout changes: older blobs are then misses (and deleted), never misread.
 FORMAT_VERSION = 1
 _COMPRESSED = b"Z"
 
 EntryKind = Literal["completion", "stream"]
+
+# What an entry's JSON holds besides its text, in bytes (measured on the simulated service's answers: about 760
+# per completion and 300 per chunk; a real service's are of the same size)
+_COMPLETION_FRAMING = 760
+_TOOL_CALL_FRAMING = 100
+_CHUNK_FRAMING = 300
+
+
+def _utf8_len(text: str | None) -> int:
+    if not text:
+        return 0
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class CorruptEntry(ValueError):
@@ -93,7 +105,27 @@ class Entry:
 
     @property
     def size(self) -> int:
+        """Bytes of the stored JSON (encodes the entry if no tier has yet)."""
         return len(self.blob)
+
+    @cached_property
+    def weight(self) -> int:
+        """About `size`, without encoding: the texts' UTF-8 bytes plus a fixed framing per answer or chunk.
+
+        What an in-process tier bounds its bytes by. Encoding an answer only to weigh it (pydantic's serializer)
+        was the largest part of what the L1 cost a cache miss (`python -m labkit.lessons.overhead`); a tier that
+        stores the blob encodes it anyway."""
+        if self.kind == "completion":
+            assert self.completion is not None
+            total = _COMPLETION_FRAMING
+            for choice in self.completion.choices:
+                message = choice.message
+                total += _utf8_len(message.content) + _utf8_len(message.refusal)
+                for call in message.tool_calls or ():
+                    function = getattr(call, "function", None)
+                    total += _TOOL_CALL_FRAMING + _utf8_len(getattr(function, "arguments", None))
+            return total
+        return sum(_CHUNK_FRAMING + _utf8_len(chunk_text(recorded.chunk)) for recorded in self.chunks)
 
 
 def encode(entry: Entry) -> bytes:

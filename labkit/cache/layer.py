@@ -191,6 +191,8 @@ class CacheLayer:
         # the default tenant, hashed at once: the layer keeps no raw key (and no map of them)
         self.scoping = scoping if scoping is not None else Scoping(api_key=api_key, namespace=namespace)
         self._health = {t.name: _Health() for t in self.tiers}
+        # an L1 in the process is looked up inline, without an await (the fast path of a hit and of a miss)
+        self._l1: MemoryTier | None = self.tiers[0] if isinstance(self.tiers[0], MemoryTier) else None
         self._random = random.Random(seed)
         self._background: set[asyncio.Task[Any]] = set()
         self._flight = (
@@ -225,27 +227,29 @@ class CacheLayer:
             self.stats.bypassed += 1
             return await call_next(request)
         key = self.cache_key(request, ctl)
+        l1 = self._l1
         if not ctl.no_cache:
-            first = self.tiers[0]
-            if isinstance(first, MemoryTier) and (entry := first.get_now(key)) is not None:  # the L1 fast path
-                self.stats.hits += 1
-                self.stats.tiers[first.name].hits += 1
-                return self._serve(entry, first.name, request, ctl)
-            found = await self._lookup(key)
-            if found is not None:
-                self.stats.hits += 1
-                return self._serve(found[0], found[1], request, ctl)
+            if l1 is not None:  # the L1 fast path
+                entry = l1.get_now(key)
+                if entry is not None:
+                    self.stats.hits += 1
+                    self.stats.tiers[l1.name].hits += 1
+                    return self._serve(entry, l1.name, request, ctl)
+                self.stats.tiers[l1.name].misses += 1
+            if len(self.tiers) > (l1 is not None):
+                found = await self._lookup(key, 1 if l1 is not None else 0)
+                if found is not None:
+                    self.stats.hits += 1
+                    return self._serve(found[0], found[1], request, ctl)
         self.stats.misses += 1
+        if self._flight is None or ctl.no_cache:
+            return await self._fetch(key, request, call_next, ctl)
 
         async def fetch(req: ChatRequest) -> Result:
-            if not ctl.no_cache and self._flight is not None:  # a flight that just ended may have stored it
-                first = self.tiers[0]
-                if isinstance(first, MemoryTier) and (entry := first.get_now(key)) is not None:
-                    return self._serve(entry, first.name, req, ctl)
+            if l1 is not None and (entry := l1.get_now(key)) is not None:  # a flight that just ended stored it
+                return self._serve(entry, l1.name, req, ctl)
             return await self._fetch(key, req, call_next, ctl)
 
-        if self._flight is None or ctl.no_cache:
-            return await fetch(request)
         return await self._flight(request, fetch)
 
     async def _fetch(self, key: str, request: ChatRequest, call_next: Handler, ctl: CacheControls) -> Result:
@@ -266,7 +270,7 @@ class CacheLayer:
                     await self.store(key, Entry.of_stream(key, chunks, ttl), ttl)
 
                 return record(result, started, store_stream)
-        await self.store(key, Entry.of_completion(key, result, ttl), ttl)
+        await self.store(key, Entry.of_completion(key, _without_transport(result), ttl), ttl)
         return result
 
     def _serve(self, entry: Entry, tier: str, request: ChatRequest, ctl: CacheControls) -> Result:
@@ -279,8 +283,10 @@ class CacheLayer:
 
     # -- tiers ---------------------------------------------------------------------------------------------
 
-    async def _lookup(self, key: str) -> tuple[Entry, str] | None:
-        for i, tier in enumerate(self.tiers):
+    async def _lookup(self, key: str, start: int = 0) -> tuple[Entry, str] | None:
+        """Look `key` up in the tiers from `start` on; a hit is promoted into the tiers above it."""
+        for i in range(start, len(self.tiers)):
+            tier = self.tiers[i]
             stats = self.stats.tiers[tier.name]
             try:
                 if isinstance(tier, MemoryTier):
@@ -336,7 +342,9 @@ class CacheLayer:
                 self.stats.tiers[tier.name].writes += not promotion
             else:
                 remote.append(tier)
-        if remote:
+        if len(remote) == 1:  # no task per write for the one remote tier of most chains
+            await self._write_one(remote[0], key, entry, ttl_s, promotion)
+        elif remote:
             await asyncio.gather(*(self._write_one(tier, key, entry, ttl_s, promotion) for tier in remote))
 
     async def _write_one(self, tier: Tier, key: str, entry: Entry, ttl_s: float, promotion: bool) -> None:
@@ -351,15 +359,20 @@ class CacheLayer:
             stats.writes += 1
 
     async def _guarded(self, tier: Tier, operation: Callable[[], Awaitable[T]]) -> T | _Skip:
-        """Run one remote-tier operation with a timeout; a failure marks the tier down (fail-open)."""
+        """Run one remote-tier operation with a timeout; a failure marks the tier down (fail-open).
+
+        A `blocking` tier (SQLite: its calls never wait on the loop) gets no timeout, which could never fire."""
         health = self._health[tier.name]
         stats = self.stats.tiers[tier.name]
         if health.down and time.monotonic() < health.down_until:
             stats.skipped += 1
             return _SKIPPED
         try:
-            async with asyncio.timeout(self.op_timeout_s):
+            if getattr(tier, "blocking", False):
                 result = await operation()
+            else:
+                async with asyncio.timeout(self.op_timeout_s):
+                    result = await operation()
         except (CorruptEntry, EntryTooLarge):
             raise
         except Exception as error:  # any failure of a cache tier must not fail the request
@@ -432,6 +445,23 @@ def _shallow(model: M) -> M:
     _set_slot(new, "__pydantic_extra__", extra.copy() if extra else extra)
     _set_slot(new, "__pydantic_private__", model.__pydantic_private__)
     return new
+
+
+#: What a transport hangs on a completion about its own response (`OpenAITransport`, `LeanTransport`): not part of
+#: the answer (a hit must not look like it came with fresh rate-limit headers), and a cached entry would keep the
+#: response's header maps alive with it. The `_request_id` stays: the SDK's models have one.
+_TRANSPORT_ATTRS = ("_headers", "_ratelimit")
+
+
+def _without_transport(completion: ChatCompletion) -> ChatCompletion:
+    """The completion to keep in the cache: the caller's own object minus its transport's attributes."""
+    fields = completion.__dict__
+    if not any(name in fields for name in _TRANSPORT_ATTRS):
+        return completion
+    kept = _shallow(completion)
+    for name in _TRANSPORT_ATTRS:
+        kept.__dict__.pop(name, None)
+    return kept
 
 
 def fresh_copy(completion: ChatCompletion) -> ChatCompletion:

@@ -2,8 +2,10 @@
 
 The common advice calls Redis "the L1 memory cache"; Redis is a network hop (about 250 µs here), an in-process
 dict is a few µs. This tier is `cachetools.LRUCache` (a well-kept library: LRU order, a size function), with the
-size counted in bytes of the entry's stored JSON and a second bound on the entry count (the cache knows one bound
-only, so the count is enforced after each insert). Entries are kept decoded, so a hit costs no parsing.
+size counted in bytes of the entry's stored JSON, as `Entry.weight` estimates it from the texts (encoding every
+answer only to weigh it cost more client CPU than the rest of the tier), and a second bound on the entry count
+(the cache knows one bound only, so the count is enforced after each insert). Entries are kept decoded, so a
+hit costs no parsing.
 
 Expiry is checked on read: every entry carries its own `expires_at`, and an expired one is dropped when it is
 looked up, or pushed out by LRU order like any cold entry, so both bounds hold at all times. `TLRUCache` would
@@ -30,7 +32,7 @@ class MemoryTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.refused = 0
-        self._cache: LRUCache[str, Entry] = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry.size)
+        self._cache: LRUCache[str, Entry] = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry.weight)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -52,7 +54,7 @@ class MemoryTier:
         return entry
 
     def set_now(self, key: str, entry: Entry) -> None:
-        if entry.size > self.max_bytes:  # TLRUCache would raise: an entry larger than the whole tier is skipped
+        if entry.weight > self.max_bytes:  # TLRUCache would raise: an entry larger than the whole tier is skipped
             self.refused += 1
             return
         self._cache[key] = entry

@@ -7,7 +7,11 @@ every rejected attempt costs a round trip and a back-off. The admission layer in
 - two token buckets, one for requests and one for tokens, pace departures at the published limits. A
   request is charged its *estimated* tokens (prompt counted with the real tokenizer, `labkit.tokens`, plus
   `max_tokens`), the same rule the service charges by, and the estimate is corrected by the response's actual
-  `usage` when it arrives;
+  `usage` when it arrives. While the token bucket is far from binding (more than half full after the charge,
+  and the request under 1 % of it), the prompt is charged its UTF-8 length instead, which no BPE count exceeds
+  (a token is at least one byte): counting costs a few µs per short prompt and grows with its length, and far
+  from the limit a precise charge changes nothing, since the refund from `usage` settles the difference. Near
+  the limit every request is counted exactly;
 - the buckets are kept in step with the `x-ratelimit-*` headers the service returns: `remaining` lowers a
   level (another client on the same key, or a wrong estimate, shows up there first), `limit` lowers a rate
   configured above the published one, and `limit` with `remaining` and `reset` tells how much the service's
@@ -41,7 +45,7 @@ from labkit.chain import Handler, Result
 from labkit.durations import parse_duration
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
-from labkit.tokens import count_messages
+from labkit.tokens import REPLY_PRIMER, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, count_messages, message_text
 
 __all__ = [
     "AdmissionLayer",
@@ -52,16 +56,33 @@ __all__ = [
     "estimate_tokens",
     "little_concurrency",
     "parse_duration",
+    "token_bound",
 ]
 
 DEFAULT_COMPLETION_ESTIMATE = 256  # what OpenAI-style services charge when max_tokens is absent
 
 
-def estimate_tokens(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_ESTIMATE) -> int:
-    """What the service charges a request on arrival: prompt tokens plus the completion cap."""
+def _completion_cap(request: ChatRequest, default_completion: int) -> int:
     params = request.params
     cap = params.get("max_completion_tokens") or params.get("max_tokens") or default_completion
-    return count_messages(request.messages, request.model) + int(cap) * int(params.get("n") or 1)
+    return int(cap) * int(params.get("n") or 1)
+
+
+def estimate_tokens(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_ESTIMATE) -> int:
+    """What the service charges a request on arrival: prompt tokens plus the completion cap."""
+    return count_messages(request.messages, request.model) + _completion_cap(request, default_completion)
+
+
+def token_bound(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_ESTIMATE) -> int:
+    """An upper bound of `estimate_tokens` without the tokenizer: each text's UTF-8 length (a byte-level BPE
+    token covers at least one byte) plus the chat framing `count_messages` adds."""
+    total = REPLY_PRIMER
+    for message in request.messages:
+        total += TOKENS_PER_MESSAGE + len(str(message.get("role", "")).encode("utf-8"))
+        total += len(message_text(message.get("content")).encode("utf-8"))
+        if message.get("name"):
+            total += TOKENS_PER_NAME + len(str(message["name"]).encode("utf-8"))
+    return total + _completion_cap(request, default_completion)
 
 
 class TokenBucket:
@@ -174,6 +195,13 @@ class LocalBudget:
             self._tickets += 1
         return wait
 
+    def roomy(self, tokens: int) -> bool:
+        """Whether a charge of `tokens` is small (under 1 % of the token bucket) and leaves it more than half full:
+        far from the limit, where the admission layer may charge an upper bound instead of counting (an optional
+        method of a budget; a budget without it is always charged the count)."""
+        bucket = self.tokens
+        return tokens * 100 <= bucket.capacity and bucket.available() - tokens >= bucket.capacity / 2
+
     def ticket(self) -> int:
         return self._tickets
 
@@ -201,10 +229,11 @@ class LocalBudget:
         """
         lowered = False
         scale = 1.0 - self.headroom
-        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-            limit = _number(headers.get(f"x-ratelimit-limit-{name}"))
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
-            reset_s = parse_duration(headers.get(f"x-ratelimit-reset-{name}"))
+        buckets = (self.requests, self.tokens)
+        for bucket, (limit_name, remaining_name, reset_name) in zip(buckets, _HEADERS, strict=True):
+            limit = _number(headers.get(limit_name))
+            remaining = _number(headers.get(remaining_name))
+            reset_s = _duration(headers.get(reset_name))
             if limit is not None and limit > 0:
                 if limit * scale / 60.0 < bucket.rate * 0.999:
                     bucket.set_rate(limit * scale / 60.0)
@@ -220,6 +249,26 @@ class LocalBudget:
         if lowered:
             self.syncs_lowered += 1
             self._epoch = self._tickets
+
+
+_HEADERS = tuple(
+    (f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
+    for name in ("requests", "tokens")
+)
+_DURATIONS: dict[str, float | None] = {}
+
+
+def _duration(value: str | None) -> float | None:
+    """`parse_duration`, remembered: a service sends the same few reset values (`6ms`, `1s`) again and again."""
+    if value is None:
+        return None
+    try:
+        return _DURATIONS[value]
+    except KeyError:
+        if len(_DURATIONS) >= 1024:
+            _DURATIONS.clear()
+        seconds = _DURATIONS[value] = parse_duration(value)
+        return seconds
 
 
 def _number(value: str | None) -> float | None:
@@ -286,7 +335,7 @@ class AdmissionLayer:
         await self._slots.acquire()
         release = True
         try:
-            estimate = estimate_tokens(request, self.default_completion)
+            estimate = self._estimate(request)
             await self._wait_for_budget(estimate)
             ticket = self.budget.ticket()
             now = time.monotonic()
@@ -315,6 +364,15 @@ class AdmissionLayer:
         finally:
             if release:
                 self._slots.release()
+
+    def _estimate(self, request: ChatRequest) -> int:
+        """The tokens to charge: the exact estimate, or its cheap upper bound while the budget is roomy."""
+        roomy = getattr(self.budget, "roomy", None)
+        if roomy is not None:
+            bound = token_bound(request, self.default_completion)
+            if roomy(bound):
+                return bound
+        return estimate_tokens(request, self.default_completion)
 
     async def _wait_for_budget(self, estimate: int) -> None:
         """Queue in arrival order; the head waits until the budget covers it (refunds may shorten the wait)."""

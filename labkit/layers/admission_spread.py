@@ -28,6 +28,10 @@ class SpreadBudget:
     def ticket(self) -> int:
         return self.budget.ticket()
 
+    def roomy(self, tokens: int) -> bool:
+        roomy = getattr(self.budget, "roomy", None)
+        return bool(roomy(tokens)) if roomy is not None else False
+
     def sync(self, headers: Mapping[str, str], ticket: int = 0) -> None:
         scaled = dict(headers)
         for name in ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"):

@@ -27,19 +27,21 @@ retry layer, and both endpoints tried go into its route log.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from labkit.attempt import until_first_token
 from labkit.chain import Handler, Result
-from labkit.percentiles import percentile
+from labkit.percentiles import sorted_percentile
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 
-__all__ = ["HedgeLayer", "HedgeStats"]
+__all__ = ["HedgeLayer", "HedgeStats", "SampleWindow"]
 
 
 @dataclasses.dataclass
@@ -58,6 +60,39 @@ class HedgeStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "hedge_share": self.hedge_share}
+
+
+class SampleWindow:
+    """The last `maxlen` samples, also kept in sorted order, so a percentile costs a lookup, not a sort.
+
+    The delay is read on every request: copying and sorting the 500 samples each time was one of the larger client
+    CPU costs of a request through the default chain (`python -m labkit.lessons.overhead`); keeping them sorted
+    costs a binary search and a short move per sample."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._order: deque[float] = deque(maxlen=maxlen)
+        self._sorted: list[float] = []
+
+    def append(self, value: float) -> None:
+        order = self._order
+        if len(order) == order.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, order[0])]
+        order.append(value)
+        bisect.insort(self._sorted, value)
+
+    def extend(self, values: Iterable[float]) -> None:
+        for value in values:
+            self.append(value)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0-100) as `labkit.percentiles.percentile` computes it; None when empty."""
+        return sorted_percentile(self._sorted, q) if self._sorted else None
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._order)
 
 
 class HedgeLayer:
@@ -90,7 +125,7 @@ class HedgeLayer:
         self.burst = burst
         self.fixed_delay_s = delay_s
         self.min_delay_s = min_delay_s
-        self.samples: deque[float] = deque(maxlen=window)
+        self.samples = SampleWindow(window)
         self.stats = HedgeStats()
         self._tokens = burst if max_share > 0 else 0.0
 
@@ -100,60 +135,104 @@ class HedgeLayer:
             return self.fixed_delay_s
         if len(self.samples) < self.min_samples:
             return None
-        return max(self.min_delay_s, float(percentile(list(self.samples), self.quantile) or 0.0))
+        return max(self.min_delay_s, float(self.samples.percentile(self.quantile) or 0.0))
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         self.stats.requests += 1
         self._tokens = min(self.burst, self._tokens + self.max_share)
         delay = self.delay_s()
         outer_log = request.controls.get("route_log")
-        avoid = list(request.controls.get("avoid_endpoints", ()))
         log_a: list[str] = []
         log_b: list[str] = []
-        primary = asyncio.create_task(_attempt(request.with_controls(route_log=log_a), call_next))
-        tasks = [primary]
-        kept: asyncio.Task[Any] | None = None  # the attempt whose outcome the caller gets
         try:
-            if delay is not None:
-                await asyncio.wait([primary], timeout=delay)
-            if delay is None or primary.done():
-                kept = primary
-                return self._keep(await primary)
-            if self._tokens < 1.0:
-                self.stats.capped += 1
-                kept = primary
-                return self._keep(await primary)
-            self._tokens -= 1.0
-            self.stats.hedged += 1
-            secondary = asyncio.create_task(
-                _attempt(request.with_controls(route_log=log_b, avoid_endpoints=[*avoid, *log_a]), call_next)
-            )
-            tasks.append(secondary)
-            kept = await self._race(primary, secondary)
-            if kept is secondary:
-                self.stats.hedge_won += 1
-            else:
-                self.stats.primary_won += 1
-            return self._keep(kept.result())
+            if delay is None:
+                return self._keep(await _attempt(request.with_controls(route_log=log_a), call_next))
+            return await self._hedged(request, call_next, delay, log_a, log_b)
         finally:
-            # every other attempt is stopped upstream and its outcome read (a failed loser's error is not the
-            # caller's, and must not be reported as never retrieved), also when the caller itself gave up
-            for task in tasks:
-                if task is not kept or not task.done():
-                    await self._cancel(task)
             if isinstance(outer_log, list):
                 outer_log.extend([*log_a, *log_b])
 
-    @staticmethod
-    async def _race(primary: asyncio.Task[Any], secondary: asyncio.Task[Any]) -> asyncio.Task[Any]:
-        pending = {primary, secondary}
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in (primary, secondary):  # the primary first when both finished in the same turn
-                if task in done and task.exception() is None:
-                    return task
-        errors = [primary.exception(), secondary.exception()]  # read both, so neither is reported as unretrieved
-        raise errors[0] or errors[1]  # type: ignore[misc]
+    async def _hedged(
+        self, request: ChatRequest, call_next: Handler, delay: float, log_a: list[str], log_b: list[str]
+    ) -> Result:
+        """The primary attempt runs in the caller's own task and a timer starts the secondary as a task at `delay`.
+
+        No task and no `asyncio.wait` per request for the primary (that was most of this layer's client CPU on
+        a request that is never hedged). A secondary that reaches its first token first stops the primary the way
+        `asyncio.timeout` stops a body: it cancels the caller's task, and the cancellation, caught here, is
+        turned into the secondary's answer (a cancellation of the caller's own still propagates)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        race = _Race()
+        avoid = list(request.controls.get("avoid_endpoints", ()))
+
+        def secondary_done(secondary: asyncio.Task[Any]) -> None:
+            if race.settled or secondary.cancelled() or secondary.exception() is not None:
+                return
+            race.won = True
+            task.cancel()
+
+        def start_secondary() -> None:
+            race.timer = None
+            if race.settled:
+                return
+            if self._tokens < 1.0:
+                self.stats.capped += 1
+                return
+            self._tokens -= 1.0
+            self.stats.hedged += 1
+            second = request.with_controls(route_log=log_b, avoid_endpoints=[*avoid, *log_a])
+            race.secondary = loop.create_task(_attempt(second, call_next))
+            race.secondary.add_done_callback(secondary_done)
+
+        race.timer = loop.call_later(delay, start_secondary)
+        cancelling = task.cancelling()
+        try:
+            outcome = await _attempt(request.with_controls(route_log=log_a), call_next)
+        except asyncio.CancelledError:
+            race.settled = True
+            if race.won and task.uncancel() <= cancelling:  # our own cancellation: the secondary won
+                self.stats.hedge_won += 1
+                self.stats.losers_cancelled += 1
+                assert race.secondary is not None
+                return self._keep(race.secondary.result())
+            await self._stop(race)  # the caller gave up: the secondary goes too
+            raise
+        except Exception as error:
+            race.settled = True
+            if race.won:  # the secondary won while the primary was failing: the cancellation was not delivered
+                task.uncancel()
+                self.stats.hedge_won += 1
+                assert race.secondary is not None
+                return self._keep(race.secondary.result())
+            if race.timer is not None or race.secondary is None:  # no hedge running: the primary's error is it
+                await self._stop(race)
+                raise
+            try:  # the hedge may still answer
+                outcome = await race.secondary
+            except asyncio.CancelledError:
+                await self._stop(race)
+                raise
+            except Exception:
+                raise error from None  # both failed: the primary's error, as before a hedge
+            self.stats.hedge_won += 1
+            return self._keep(outcome)
+        race.settled = True
+        if race.won:  # the primary finished although its cancellation was asked for: keep it, undo the request
+            task.uncancel()
+        if race.secondary is not None:
+            self.stats.primary_won += 1
+        await self._stop(race)
+        return self._keep(outcome)
+
+    async def _stop(self, race: _Race) -> None:
+        """No hedge after this: cancel the timer, and stop a running or finished secondary attempt."""
+        if race.timer is not None:
+            race.timer.cancel()
+            race.timer = None
+        if race.secondary is not None:
+            await self._cancel(race.secondary)
 
     def _keep(self, outcome: tuple[Result, float]) -> Result:
         result, first_s = outcome
@@ -175,6 +254,18 @@ class HedgeLayer:
         result, _ = task.result()
         if isinstance(result, ChunkStream):
             await result.aclose()
+
+
+class _Race:
+    """One hedged request's state, shared with the timer and the secondary's done-callback."""
+
+    __slots__ = ("secondary", "settled", "timer", "won")
+
+    def __init__(self) -> None:
+        self.timer: asyncio.TimerHandle | None = None
+        self.secondary: asyncio.Task[Any] | None = None
+        self.settled = False  # the primary's outcome is in: the secondary can no longer interrupt it
+        self.won = False  # the secondary reached its first token first and the caller's task was cancelled
 
 
 async def _attempt(request: ChatRequest, call_next: Handler) -> tuple[Result, float]:

@@ -15,7 +15,9 @@ quantiles of skewed latency get no bound); Apache `datasketches` KLL (rank error
 costs about 1.8 µs per `add` here (see `build/bench/monitoring.json`): negligible beside a 2 ms SDK call, but not
 beside a stream's hundred inter-token gaps replayed from a cache. So `extend` records a batch with numpy: it groups
 the values by the sketch's bin (`ceil(log_gamma(x))`) and adds each bin once, with its count as the weight, through
-the sketch's public `add(value, weight)`; `observe` stays the one-value path.
+the sketch's public `add(value, weight)`. `observe` (one request's duration) keeps its value aside and adds
+what it kept the same way, in a batch, once 256 have gathered or before the sketch is read: a pure-Python `add`
+per value was a visible part of what the metrics layer cost each request (`python -m labkit.lessons.overhead`).
 
 Beside the sketch, each histogram keeps classic cumulative bucket counts at fixed bounds: those are what a
 Prometheus histogram exposes (aggregatable across processes with `histogram_quantile`), and they give an exact
@@ -49,6 +51,7 @@ class Histogram:
         "_buckets",
         "_counts",
         "_log_gamma",
+        "_pending",
         "_sketch",
         "bin_limit",
         "count",
@@ -75,6 +78,7 @@ class Histogram:
         self._sketch = LogCollapsingLowestDenseDDSketch(relative_accuracy=relative_accuracy, bin_limit=bin_limit)
         # the sketch's bin width (DDSketch: gamma = (1 + alpha) / (1 - alpha)), to group a batch by bin in `extend`
         self._log_gamma = math.log((1.0 + relative_accuracy) / (1.0 - relative_accuracy))
+        self._pending: list[float] = []  # observed, not yet in the sketch (the counts and sums have them)
         self.count = 0
         self.sum = 0.0
         self.min = math.inf
@@ -84,7 +88,10 @@ class Histogram:
         """Add one duration in seconds (>= 0, finite); anything else is refused and nothing is recorded."""
         if not (value >= 0.0 and value != math.inf):  # also refuses NaN
             raise ValueError(f"a duration must be a finite number >= 0 seconds, got {value!r}")
-        self._sketch.add(value)
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= _FOLD_AT:
+            self._fold()
         self._counts[bisect.bisect_left(self._buckets, value)] += 1
         self.count += 1
         self.sum += value
@@ -103,6 +110,16 @@ class Histogram:
         if not (np.isfinite(array).all() and (array >= 0.0).all()):
             bad = array[~(np.isfinite(array) & (array >= 0.0))][0]
             raise ValueError(f"a duration must be a finite number >= 0 seconds, got {float(bad)!r}")
+        self._add_to_sketch(array)
+        for index, n in enumerate(np.bincount(np.searchsorted(self._buckets, array, side="left")).tolist()):
+            self._counts[index] += n
+        self.count += int(array.size)
+        self.sum += float(array.sum())
+        self.min = min(self.min, float(array.min()))
+        self.max = max(self.max, float(array.max()))
+
+    def _add_to_sketch(self, array: np.ndarray) -> None:
+        """Add checked values to the sketch: each bin once, weighted by how many of them fall in it."""
         sketch = self._sketch
         positive = array[array > 0.0]
         if positive.size < array.size:
@@ -112,12 +129,13 @@ class Histogram:
             _, first, counts = np.unique(bins, return_index=True, return_counts=True)
             for value, weight in zip(positive[first].tolist(), counts.tolist(), strict=True):
                 sketch.add(value, weight=float(weight))  # a value of that bin stands for all of them
-        for index, n in enumerate(np.bincount(np.searchsorted(self._buckets, array, side="left")).tolist()):
-            self._counts[index] += n
-        self.count += int(array.size)
-        self.sum += float(array.sum())
-        self.min = min(self.min, float(array.min()))
-        self.max = max(self.max, float(array.max()))
+
+    def _fold(self) -> None:
+        """Move the values `observe` kept aside into the sketch."""
+        if self._pending:
+            array = np.array(self._pending, dtype=float)
+            self._pending.clear()
+            self._add_to_sketch(array)
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0..1), within ±relative_accuracy of the exact one (numpy's `method="lower"`)."""
@@ -125,6 +143,7 @@ class Histogram:
             raise ValueError(f"q must be in [0, 1], got {q!r}")
         if not self.count:
             return None
+        self._fold()
         value = self._sketch.get_quantile_value(q)
         # the sketch answers with a bin's midpoint; never report outside what was seen
         return min(max(float(value), self.min), self.max) if value is not None else None
@@ -169,6 +188,8 @@ class Histogram:
             raise ValueError("only histograms with the same accuracy and buckets can be merged")
         if not other.count:
             return
+        self._fold()
+        other._fold()
         self._sketch.merge(other._sketch)
         self._counts = [a + b for a, b in zip(self._counts, other._counts, strict=True)]
         self.count += other.count
@@ -185,6 +206,8 @@ class Histogram:
         p50, p95, p99 = (self.quantile(q) or 0.0 for q in (0.5, 0.95, 0.99))
         return f"Histogram(n={self.count}, p50={p50 * 1e3:.1f}ms, p95={p95 * 1e3:.1f}ms, p99={p99 * 1e3:.1f}ms)"
 
+
+_FOLD_AT = 256  # values `observe` keeps aside before adding them to the sketch in one batch
 
 T = TypeVar("T")
 

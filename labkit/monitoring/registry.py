@@ -12,8 +12,12 @@ One `Metrics` holds, for every finished request:
 
 Everything is kept twice: since the start (totals) and in a ring of sub-windows (`Rolling`) covering the last
 `window_s` seconds, so "p95 over the last minute" and "error rate over the last 5 s" are cheap, and memory stays
-bounded whatever the traffic. All in the event loop's thread: no locks (the Prometheus endpoint is an aiohttp
-route on the same loop, `labkit.monitoring.exposition`).
+bounded whatever the traffic. A value is written once, into the current sub-window; when the next sub-window
+starts, the finished one is merged into the totals (once a `slot_s`, whatever the traffic), and the totals read
+that merge plus the sub-window still being written. Writing every value twice, into the totals and the window,
+made the metrics layer one of the larger client CPU costs of a request (`python -m labkit.lessons.overhead`).
+All in the event loop's thread: no locks (the Prometheus endpoint is an aiohttp route on the same loop,
+`labkit.monitoring.exposition`).
 """
 
 from __future__ import annotations
@@ -48,13 +52,20 @@ class _Record(Protocol):  # labkit.layers.metrics.RequestRecord, without importi
 class _Slot:
     """One (sub-)window: histograms by name and counters by (name, labels)."""
 
-    __slots__ = ("counts", "first", "hists", "last")
+    __slots__ = ("counts", "hists")
 
     def __init__(self) -> None:
         self.hists: dict[str, Histogram] = {}
         self.counts: Counter[tuple[str, Labels]] = Counter()
-        self.first = 0.0
-        self.last = 0.0
+
+    def absorb(self, other: _Slot, template: Histogram) -> None:
+        """Add another slot's histograms and counters to this one."""
+        for name, hist in other.hists.items():
+            mine = self.hists.get(name)
+            if mine is None:
+                mine = self.hists[name] = template.empty_like()
+            mine.merge(hist)
+        self.counts.update(other.counts)
 
 
 def outcome_class(outcome: str) -> str:
@@ -165,8 +176,9 @@ class Metrics:
         self._template = Histogram(relative_accuracy, buckets)
         self.relative_accuracy = relative_accuracy
         self.clock = clock
-        self.total = _Slot()
+        self.total = _Slot()  # every finished sub-window, merged
         self.rolling: Rolling[_Slot] = Rolling(_Slot, window_s, slot_s, clock)
+        self._live: _Slot | None = None  # the sub-window being written (not in `total` yet)
         self.started = clock()
 
     @property
@@ -175,67 +187,71 @@ class Metrics:
 
     # -- recording --------------------------------------------------------------------------------------------
 
-    def _slots(self) -> tuple[_Slot, _Slot]:
-        now = self.clock()
+    def _slot(self) -> _Slot:
+        """The sub-window to write to now; the one it follows, finished, is merged into the totals first."""
         current = self.rolling.current()
-        for slot in (self.total, current):
-            if not slot.first:
-                slot.first = now
-            slot.last = now
-        return self.total, current
+        if current is not self._live:
+            if self._live is not None:
+                self.total.absorb(self._live, self._template)
+            self._live = current
+        return current
+
+    def _hist(self, slot: _Slot, name: str) -> Histogram:
+        hist = slot.hists.get(name)
+        if hist is None:
+            hist = slot.hists[name] = self._template.empty_like()
+        return hist
 
     def observe(self, name: str, values: float | Iterable[float]) -> None:
-        """Add one or more durations (s) to histogram `name`, in the totals and the current sub-window."""
-        one = isinstance(values, (int, float))
-        batch = values if one else np.fromiter(values, dtype=float)
-        for slot in self._slots():
-            hist = slot.hists.get(name)
-            if hist is None:
-                hist = slot.hists[name] = self._template.empty_like()
-            if one:
-                hist.observe(batch)
-            else:
-                hist.extend(batch)
+        """Add one or more durations (s) to histogram `name` (the totals and the current sub-window see it)."""
+        hist = self._hist(self._slot(), name)
+        if isinstance(values, (int, float)):
+            hist.observe(values)
+        else:
+            hist.extend(np.fromiter(values, dtype=float))
 
     def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to counter `name` with these labels (counters only go up)."""
         if amount < 0:
             raise ValueError(f"a counter only goes up; got {amount!r} for {name}")
-        key = (name, tuple(sorted(labels.items())))
-        for slot in self._slots():
-            slot.counts[key] += amount
+        self._slot().counts[(name, tuple(sorted(labels.items())))] += amount
 
     def record(self, record: _Record, *, itl: Iterable[float] = (), stages: Mapping[str, float] | None = None) -> None:
-        """Account one finished request (what `MetricsLayer` calls)."""
+        """Account one finished request (what `MetricsLayer` calls): one pass, into the current sub-window."""
+        slot = self._slot()
+        counts = slot.counts
         outcome = outcome_class(record.outcome)
-        self.count("requests", outcome=outcome, source=record.source)
+        source = record.source
+        counts[("requests", (("outcome", outcome), ("source", source)))] += 1  # labels sorted by name, as `count`
         if outcome == "error":
-            self.count("errors", error=record.outcome)
-        if outcome == "ok" and record.latency_s is not None:
-            self.observe("request_duration", record.latency_s)
+            counts[("errors", (("error", record.outcome),))] += 1
+        latency = record.latency_s
+        if outcome == "ok" and latency is not None:
+            self._hist(slot, "request_duration").observe(latency)
         if record.ttft_s is not None:
-            self.observe("ttft", record.ttft_s)
-            self.observe("ttfb", record.ttft_s)
-        elif not record.stream and outcome == "ok" and record.latency_s is not None:
-            self.observe("ttfb", record.latency_s)
-        gaps = list(itl)
+            self._hist(slot, "ttft").observe(record.ttft_s)
+            self._hist(slot, "ttfb").observe(record.ttft_s)
+        elif not record.stream and outcome == "ok" and latency is not None:
+            self._hist(slot, "ttfb").observe(latency)
+        gaps = itl if isinstance(itl, list) else list(itl)
         if gaps:
-            self.observe("itl", gaps)
-        for stage, seconds in (stages or {}).items():
-            self.observe(f"stage:{stage}", seconds)
-        for kind, n in (
-            ("input", record.prompt_tokens),
-            ("output", record.completion_tokens),
-            ("cached", record.cached_tokens),
-        ):
-            if n:
-                self.count("tokens", n, kind=kind)
+            self._hist(slot, "itl").extend(gaps)
+        if stages:
+            for stage, seconds in stages.items():
+                self._hist(slot, f"stage:{stage}").observe(seconds)
+        if record.prompt_tokens:
+            counts[("tokens", (("kind", "input"),))] += record.prompt_tokens
+        if record.completion_tokens:
+            counts[("tokens", (("kind", "output"),))] += record.completion_tokens
+        if record.cached_tokens:
+            counts[("tokens", (("kind", "cached"),))] += record.cached_tokens
         if record.cost_usd:
-            self.count("cost_usd", record.cost_usd, source="upstream" if record.source == "upstream" else "cache")
+            counts[("cost_usd", (("source", "upstream" if source == "upstream" else "cache"),))] += record.cost_usd
 
     def reset(self) -> None:
         self.total = _Slot()
         self.rolling = Rolling(_Slot, self.rolling.window_s, self.rolling.slot_s, self.clock)
+        self._live = None
         self.started = self.clock()
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -244,7 +260,8 @@ class Metrics:
         """Totals (`None`) or the last `window_s` seconds (at most the rolling window), merged."""
         if window_s is None:
             span = self.clock() - self.started
-            return MetricsView([self.total], self._template, span)
+            live = [self._live] if self._live is not None else []
+            return MetricsView([self.total, *live], self._template, span)
         slots = self.rolling.within(window_s)
         span = min(window_s, self.clock() - self.started)
         return MetricsView(slots, self._template, span)
