@@ -13,6 +13,7 @@ from labkit.assemble import SWITCHES, ChainConfig, build_chain
 from labkit.lessons import capstone
 from labkit.lessons.cache.workload import Group
 from labkit.lessons.capstone import Item, RunResult, Workload, WorkloadSpec
+from labkit.lessons.capstone.arms import PATIENCE_S
 from labkit.lessons.naive import NaiveClient
 
 GROUPS = [Group(f"g{i}", f"question {i}?", (f"question {i}, said otherwise?", f"q{i} again?"), ()) for i in range(50)]
@@ -298,6 +299,22 @@ async def test_a_failing_call_is_a_measured_outcome_not_a_crash():
 
     result = await capstone.run_open_loop(call, Workload(spec(), (item(0, 0, "a?"),), (10,)), patience_s=1.0)
     assert result.rows[0]["ok"] is False and result.rows[0]["error"] == "RuntimeError"
+
+
+async def test_a_layers_own_timeout_is_named_by_its_class_not_as_the_callers_patience():
+    from labkit.errors import FirstTokenTimeout
+
+    async def call(it):
+        raise FirstTokenTimeout("no first token within 4 s")
+
+    result = await capstone.run_open_loop(call, Workload(spec(), (item(0, 0, "a?"),), (10,)), patience_s=1.0)
+    assert result.rows[0]["error"] == "FirstTokenTimeout"
+
+
+def test_a_lever_alone_carries_no_timer_that_only_its_partners_make_sound():
+    levers = capstone.levers()
+    assert levers["streaming"].client.streaming and levers["streaming"].client.first_token_timeout_s is None
+    assert levers["retries"].client.retry_deadline_s == PATIENCE_S  # the caller's own patience, nothing shorter
 
 
 # -- the clients against a real (simulated) service ---------------------------------------------------------

@@ -66,37 +66,45 @@ async def try_step(
 
 
 async def try_faults(
-    lab: Any, config: Any, questions: Sequence[str], *, faults: float = 0.3, model: str = "gpt-4o"
-) -> dict[str, Any]:
-    """Send `questions` through `config` with `faults` of upstream requests failing (429, 5xx, hangs, drops):
-    how many reach the caller as errors."""
+    lab: Any,
+    configs: Mapping[str, Any],
+    questions: Sequence[str],
+    *,
+    faults: float = 0.3,
+    model: str = "gpt-4o",
+    patience_s: float = 10.0,
+) -> dict[str, dict[str, Any]]:
+    """Send `questions` through each config of `configs` (name -> `ChainConfig`) with `faults` of upstream requests
+    failing (429, 5xx, hangs, drops): how many reach the caller as errors, per config. The configs run side by
+    side under one fault setting, so the check waits once for the slowest (a hang without a timeout waits the
+    caller's `patience_s`), not once per config."""
     from labkit.assemble import build_chain
 
     await set_faults(lab, faults, 0.5)
-    nonce = time.time_ns()
-    questions = [f"{q} [{nonce}]" for q in questions]
-    chain = build_chain(config, lab)
-    call = chain_caller(chain, model=model, max_tokens=40)
+    chains = {name: build_chain(config, lab) for name, config in configs.items()}
 
-    async def one(text: str) -> str | None:
+    async def one(call: Any, text: str) -> str | None:
         try:
-            await asyncio.wait_for(call(_ask(text)), 10.0)  # a hang without a timeout waits forever
+            await asyncio.wait_for(call(_ask(text)), patience_s)  # a hang without a timeout waits forever
         except Exception as exc:  # a failed request is the datum here
             return type(exc).__name__
         return None
 
-    t = time.perf_counter()
+    async def run(name: str) -> dict[str, Any]:
+        call = chain_caller(chains[name], model=model, max_tokens=40)
+        nonce = time.time_ns()  # asked anew: no cache warmed earlier (or by the other config) answers
+        t = time.perf_counter()
+        errors = [e for e in await asyncio.gather(*(one(call, f"{q} [{name} {nonce}]") for q in questions)) if e]
+        return {"requests": len(questions), "errors": len(errors), "kinds": sorted(set(errors)),
+                "wall_s": time.perf_counter() - t}  # fmt: skip
+
     try:
-        errors = [e for e in await asyncio.gather(*(one(q) for q in questions)) if e]
+        done = await asyncio.gather(*(run(name) for name in chains))
     finally:
-        await chain.aclose()
+        for chain in chains.values():
+            await chain.aclose()
         await set_faults(lab, 0.0, 0.5)
-    return {
-        "requests": len(questions),
-        "errors": len(errors),
-        "kinds": sorted(set(errors)),
-        "wall_s": time.perf_counter() - t,
-    }
+    return dict(zip(chains, done, strict=True))
 
 
 def stage_bar(title: str, total: int, *, interactive: bool = True) -> Callable[[str], None]:

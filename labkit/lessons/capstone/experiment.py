@@ -116,6 +116,26 @@ async def set_faults(lab: Any, total: float, retry_after_s: float, *, scale: flo
         )
 
 
+async def await_idle(lab: Any, *, timeout_s: float = 30.0, poll_s: float = 0.05) -> float:
+    """Wait until no simulated service is still generating (no active or queued sequence); the seconds waited.
+
+    A caller that gives up does not stop the service: a whole answer the previous run abandoned is generated to
+    its end (as a real provider bills and computes it). Without this wait the next run's first requests queue
+    behind that work, and the arm measured after "before" (whose uncapped answers it abandons at its patience)
+    pays for it (measured: labkit's average response 0.14 s alone, 0.8-2.1 s right after "before", 150 requests
+    at 8x). Gives up after `timeout_s` (a hung request can hold a connection but no sequence)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < timeout_s:
+        stats = [await sim.astats() for sim in lab.sims]
+        if all(s.get("active_sequences", 0) == 0 and s.get("queued", 0) == 0 for s in stats):
+            break
+        await asyncio.sleep(poll_s)
+    return loop.time() - start
+
+
 async def measure(
     lab: Any,
     client: str | Any,
@@ -140,6 +160,7 @@ async def measure(
 
     limit = workload.spec.max_tokens if max_tokens == "spec" else max_tokens
     assert limit is None or isinstance(limit, int)
+    await await_idle(lab, timeout_s=60.0 / scale)  # the previous run's abandoned answers are not this run's load
     await set_faults(lab, workload.spec.fault_total, workload.spec.retry_after_s, scale=scale)
     if client == "naive":
         naive = NaiveClient(lab.endpoints[0], cache=naive_cache, redis_url=lab.redis.url if lab.redis else None)
@@ -373,6 +394,7 @@ async def ablation(
 __all__ = [
     "ERROR_BUDGET",
     "ablation",
+    "await_idle",
     "capacity",
     "compare",
     "concurrency_test",

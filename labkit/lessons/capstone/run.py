@@ -129,8 +129,9 @@ async def run_open_loop(
     """Start each request at its scheduled time, whatever the client is doing, and time it from that moment.
 
     A request fails for the caller if it raised, its stream was incomplete, or it took longer than `patience_s`
-    (the user gave up). `on_measure_start` runs (as a task) when the first measured request is due; its result
-    and `on_end`'s are kept (the services' counters at the boundary and at the end, for the cost).
+    (the user gave up: `"gave up (patience)"`; a layer's own timeout, such as `FirstTokenTimeout` or
+    `DeadlineExceeded`, is named by its class). `on_measure_start` runs (as a task) when the first measured request
+    is due; its result and `on_end`'s are kept (the services' counters at the boundary and at the end, for the cost).
     """
     if patience_s <= 0:
         raise ValueError("patience_s must be > 0")
@@ -162,8 +163,9 @@ async def run_open_loop(
             "cached_tokens": 0,
             "start_lag_s": loop.time() - scheduled,
         }
+        patience = asyncio.timeout(patience_s)
         try:
-            async with asyncio.timeout(patience_s):
+            async with patience:
                 out = await call(item)
             row.update(
                 ok=True,
@@ -176,8 +178,10 @@ async def run_open_loop(
                 prompt_tokens=out.get("prompt_tokens", 0),
                 cached_tokens=out.get("cached_tokens", 0),
             )
-        except TimeoutError:
-            row["error"] = "gave up (patience)"
+        except TimeoutError as error:
+            # the caller's patience ran out, or a layer's own timer fired (a first-token timeout, a retry deadline:
+            # labkit's timeouts are TimeoutErrors too): two different outcomes, named apart
+            row["error"] = "gave up (patience)" if patience.expired() else type(error).__name__
         except Exception as error:  # every failure is a measured outcome, never fatal to the run
             row["error"] = type(error).__name__
         finally:
