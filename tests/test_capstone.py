@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
 from collections import Counter
 
@@ -293,6 +294,18 @@ async def test_the_open_loop_times_requests_from_their_scheduled_arrival_and_app
     assert result.peak_outstanding >= 3
 
 
+async def test_a_warm_up_request_still_pending_when_the_measured_ones_end_is_not_waited_for():
+    async def call(it):
+        await asyncio.sleep(5.0 if it.warmup else 0.05)  # the warm-up request hangs
+        now = asyncio.get_running_loop().time()
+        return {"first": now, "done": now, "upstream": True, "attempts": 1, "source": "x", "completion_tokens": 1}
+
+    items = (item(0, 0, "a?", warmup=True), item(1, 1, "b?"))
+    result = await capstone.run_open_loop(call, Workload(spec(), items, (10,)), patience_s=10.0)
+    assert result.wall_s < 2.5  # not the 5 s hang, nor the 10 s patience
+    assert [(r["ok"], r["error"]) for r in result.rows] == [(False, "not awaited (warm-up)"), (True, None)]
+
+
 async def test_a_failing_call_is_a_measured_outcome_not_a_crash():
     async def call(it):
         raise RuntimeError("boom")
@@ -471,3 +484,25 @@ async def test_the_before_arm_asks_every_repeat_upstream_without_max_tokens(fres
         assert again["upstream"] is True and fresh_sim.stats()["requests_total"] == 2
     finally:
         await assembled.aclose()
+
+
+# -- the results the notebook writes --------------------------------------------------------------------------
+
+DEDUP_RESULTS = {
+    "bursts": {"no de-dup": {"requests": 5, "upstream_calls": 5}, "labkit SingleFlight": {"upstream_calls": 1}}
+}
+
+
+def test_the_checklist_report_reads_the_gains_of_the_lessons_whose_results_lie_beside_the_capstones(tmp_path):
+    (tmp_path / "02_dedup.json").write_text(json.dumps(DEDUP_RESULTS), encoding="utf-8")
+    (tmp_path / "05_webchat.json").write_text(json.dumps({"profile": "fast"}), encoding="utf-8")  # no gain figures
+    rows = capstone.checklist_report(tmp_path / "12_capstone.json")[capstone.CHECKLIST_TITLE]
+    gains = {row["item"]: row["gain"] for row in rows}
+    assert len(rows) == 16
+    assert gains["De-duplicate requests"] == "5 identical requests at once: 5 → 1 upstream call"
+    assert gains["Handle errors gracefully"].startswith("not measured")
+    assert gains["Batch to cut the number of requests"] == "not run yet: run 01_batching.ipynb"
+
+
+def test_without_a_results_path_the_capstones_results_carry_no_checklist():
+    assert capstone.results({}, results_path=None)["report_tables"] == {}

@@ -31,8 +31,10 @@ from labkit.lessons.capstone.arms import (
     wilson,
 )
 from labkit.lessons.capstone.chapter import (
+    CHECKLIST_TITLE,
     arms_chart,
     ceiling_table,
+    checklist_report,
     results,
     roadmap_table,
     scorecard,
@@ -94,6 +96,7 @@ from labkit.lessons.capstone.workload import (
 )
 
 __all__ = [
+    "CHECKLIST_TITLE",
     "ERROR_BUDGET",
     "GUIDE_FIGURES",
     "ROWS",
@@ -117,6 +120,7 @@ __all__ = [
     "capacity",
     "ceiling_table",
     "chain_caller",
+    "checklist_report",
     "client_side_cost",
     "compare",
     "compare_arms",

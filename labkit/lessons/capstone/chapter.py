@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from labkit.lessons.capstone.arms import ARM_NAMES
@@ -184,10 +185,20 @@ def scorecard(three: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def results(three: Mapping[str, Any] | None, levers: Mapping[str, Any], breakdown: Any, **more: Any) -> dict:
-    """What the notebook records (the results JSON its test reads)."""
+def results(measured: Mapping[str, Any], *, results_path: str | Path | None = None, **more: Any) -> dict:
+    """What the notebook records (the results JSON its test reads), from what its sections put in `measured`
+    ("three", "levers", "breakdown", "layers_on"). With `results_path`, the report's tables also get the guide's
+    checklist read from the results beside it (`checklist_report`)."""
     keys = [k for k, _, _ in ROWS]
-    out: dict[str, Any] = {"guide_table": None, "levers": {}, "cost_breakdown": breakdown, **more}
+    three, levers = measured.get("three"), measured.get("levers") or {}
+    out: dict[str, Any] = {
+        "guide_table": None,
+        "levers": {},
+        "cost_breakdown": measured.get("breakdown"),
+        "layers_on": measured.get("layers_on"),
+        "report_tables": {},
+        **more,
+    }
     if three is not None:
         out["guide_table"] = {
             "requests_per_arm": three["requests_per_arm"],
@@ -196,18 +207,37 @@ def results(three: Mapping[str, Any] | None, levers: Mapping[str, Any], breakdow
             "errors": {arm: three[arm]["errors"] for arm in ARM_NAMES},
         }
         out["scorecard"] = scorecard(three)
-        out["report_tables"] = {
-            "The guide's table, three arms": [{k: v for k, v in r.items() if k != "ci95"} for r in three["rows"]]
-        }
+        out["report_tables"]["The guide's table, three arms"] = [
+            {k: v for k, v in r.items() if k != "ci95"} for r in three["rows"]
+        ]
     for name, lv in levers.items():
         runs = {k: {key: v.get(key) for key in keys} for k, v in lv["runs"].items()}
         out["levers"][name] = {"roadmap": lv["roadmap"], "runs": runs}
+    out["report_tables"].update(checklist_report(results_path))
     return out
 
 
+CHECKLIST_TITLE = "The guide's checklist, measured in this run"
+
+
+def checklist_report(results_path: str | Path | None) -> dict[str, list[dict[str, str]]]:
+    """The guide's checklist with each lesson's measured gain, read from the results JSONs in the folder
+    `results_path` is in, as a report table ({title: rows}); {} without a path.
+
+    Why here: the report (`labkit.lab.report`) runs the lessons in order and writes each one's results into one
+    folder, so when the capstone (the last lesson) writes its own, every other lesson's are there to read."""
+    from labkit.lessons.checklist import checklist_rows, load_results
+
+    if not results_path:
+        return {}
+    return {CHECKLIST_TITLE: checklist_rows(load_results(Path(results_path).parent))}
+
+
 __all__ = [
+    "CHECKLIST_TITLE",
     "arms_chart",
     "ceiling_table",
+    "checklist_report",
     "results",
     "roadmap_table",
     "scorecard",

@@ -206,10 +206,14 @@ async def run_workload(
     async def snapshot() -> list[dict[str, Any]]:
         return [await sim.astats() for sim in lab.sims]
 
+    async def snapshot_when_idle() -> list[dict[str, Any]]:
+        await await_idle(lab)  # answers a caller abandoned (or a warm-up left unawaited) are generated, and billed
+        return await snapshot()
+
     # the services' counters before the first request and after the last: cost is counted over the whole run,
     # warm-up included (a window starting mid-run would also count the warm-up's answers still being generated)
     start = await snapshot() if lab.sims else None
-    result = await run_open_loop(call, workload, patience_s=patience_s, on_end=snapshot)
+    result = await run_open_loop(call, workload, patience_s=patience_s, on_end=snapshot_when_idle)
     result.boundary_stats = start
     return summarize(result, workload, model=model, monthly_requests=monthly_requests, prompt_tokens=prompt_tokens)
 

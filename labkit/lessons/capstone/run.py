@@ -126,7 +126,8 @@ async def run_open_loop(
     on_end: Callable[[], Awaitable[Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """Start each request at its scheduled time, whatever the client is doing, and time it from that moment.
+    """Start each request at its scheduled time, whatever the client is doing, and time it from that moment; the run
+    ends when every measured request has (warm-up requests still pending then are cancelled, not awaited).
 
     A request fails for the caller if it raised, its stream was incomplete, or it took longer than `patience_s`
     (the user gave up: `"gave up (patience)"`; a layer's own timeout, such as `FirstTokenTimeout` or
@@ -184,6 +185,9 @@ async def run_open_loop(
             row["error"] = "gave up (patience)" if patience.expired() else type(error).__name__
         except Exception as error:  # every failure is a measured outcome, never fatal to the run
             row["error"] = type(error).__name__
+        except asyncio.CancelledError:
+            row["error"] = "not awaited (warm-up)"
+            raise
         finally:
             outstanding -= 1
             done_count += 1
@@ -204,10 +208,19 @@ async def run_open_loop(
         peak = max(peak, outstanding)
         tasks.append(asyncio.create_task(one(item)))
     if tasks:
-        await asyncio.wait(tasks)
+        measured = [task for task, item in zip(tasks, workload.items, strict=True) if not item.warmup]
+        await asyncio.wait(measured or tasks)
+        # A warm-up request still pending when every measured one has ended is not measured (its cost is, through
+        # the services' counters): waiting for it would only lengthen the run (a hang waits out the patience).
+        stragglers = [task for task in tasks if not task.done()]
+        for task in stragglers:
+            task.cancel()
+        if stragglers:
+            await asyncio.wait(stragglers)
+    wall_s = loop.time() - t0
     end = await on_end() if on_end is not None else None
     rows.sort(key=lambda r: r["index"])
-    return RunResult(rows, loop.time() - t0, peak, await boundary if boundary is not None else None, end)
+    return RunResult(rows, wall_s, peak, await boundary if boundary is not None else None, end)
 
 
 __all__ = ["Call", "IncompleteAnswer", "RunResult", "chain_caller", "naive_caller", "run_open_loop"]
