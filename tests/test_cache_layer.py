@@ -115,7 +115,7 @@ async def test_the_l1_weighs_an_answer_close_to_its_stored_size_without_encoding
     request = ask("weigh me")
     entry = Entry.of_completion(layer.cache_key(request), await transport(request), 60)
     weight = entry.weight
-    assert "blob" not in entry.__dict__  # weighed from its text, not encoded
+    assert entry._blob is None  # weighed from its text, not encoded
     assert abs(weight - entry.size) <= 0.25 * entry.size
 
 

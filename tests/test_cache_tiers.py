@@ -3,6 +3,7 @@ limit), SQLite (survives a restart), and corrupt blobs in every tier."""
 
 import asyncio
 import base64
+import gc
 import os
 import time
 
@@ -64,6 +65,45 @@ def test_stream_entry_keeps_chunks_and_their_timing():
     back = decode(Entry.of_stream("s", chunks, 60).blob)
     assert [c.at_s for c in back.chunks] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
     assert [c.chunk.choices[0].delta.content for c in back.chunks] == [f"w{i} " for i in range(5)]
+
+
+def recorded_stream(n: int = 150) -> list[RecordedChunk]:
+    return [RecordedChunk(0.01 * i, chunk(i, f"w{i} ")) for i in range(n)]
+
+
+def objects_kept_per_entry(make_entry) -> float:
+    """Objects the collector tracks, per entry, after 50 entries made by `make_entry` sit in an L1."""
+    tier = MemoryTier()
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(50):
+        tier.set_now(f"k{i}", make_entry(f"k{i}"))
+    gc.collect()
+    return (len(gc.get_objects()) - before) / 50
+
+
+def test_a_cached_stream_keeps_a_handful_of_objects_not_one_model_per_chunk():
+    # 150 pydantic chunks are ~1,500 objects that every full collection walks (the capstone's p95 TTFT)
+    assert objects_kept_per_entry(lambda key: Entry.of_stream(key, recorded_stream(), 60)) <= 10
+
+
+def test_a_stream_read_back_from_a_blob_keeps_a_handful_of_objects_too():
+    blob = Entry.of_stream("k", recorded_stream(), 60).blob
+    assert objects_kept_per_entry(lambda key: decode(blob)) <= 10
+
+
+def test_a_stream_entry_replays_the_chunks_it_recorded():
+    recorded = recorded_stream(20)
+    entry = Entry.of_stream("s", recorded, 60)
+    assert [r.at_s for r in entry.chunks] == [r.at_s for r in recorded]
+    assert [r.chunk for r in entry.chunks] == [r.chunk for r in recorded]
+
+
+def test_the_merged_answer_is_rebuilt_for_each_caller():
+    entry = Entry.of_stream("s", recorded_stream(20), 60)
+    first, second = entry.merged, entry.merged
+    assert first == second and first[0] is not second[0]  # a caller editing its chunk cannot change the next hit
+    assert first[0].choices[0].delta.content == "".join(f"w{i} " for i in range(20))
 
 
 def test_compressed_blobs_decode_too():

@@ -2,6 +2,7 @@
 negatives, the labelled pairs, the threshold chosen on the tuning split, and the layer over the real simulated
 service. The held-out evaluation per kind and `would_serve` are in tests/test_would_serve.py."""
 
+import gc
 import json
 import os
 import shutil
@@ -206,6 +207,23 @@ def test_a_text_evicted_from_a_full_index_can_be_stored_again():
     assert not cache.knows("scope", "first") and cache.knows("scope", "third")
     cache.add("scope", "first", vectors[0], completion, 60.0)
     assert cache.knows("scope", "first") and cache.stats.stored == 4
+
+
+def test_a_stored_answer_keeps_a_few_objects_not_a_model_tree():
+    cache = SemanticCache(default_embedder(), max_entries=100)
+    vectors = np.eye(64, 384, dtype=np.float32)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i, vector in enumerate(vectors):
+        answer = {"role": "assistant", "content": f"answer {i}"}
+        completion = ChatCompletion.model_validate(
+            {"id": f"c{i}", "object": "chat.completion", "created": 0, "model": MODEL,
+             "choices": [{"index": 0, "message": answer, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+        )  # fmt: skip
+        cache.add("scope", f"question {i}", vector, completion, 60.0)
+    gc.collect()
+    assert (len(gc.get_objects()) - before) / len(vectors) <= 4  # a kept ChatCompletion is ~15 objects
 
 
 @pytest.fixture

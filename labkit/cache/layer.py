@@ -277,7 +277,9 @@ class CacheLayer:
         if entry.kind == "stream":
             info = {"cache_tier": tier, "cache_age_s": max(0.0, time.time() - entry.created_at)}
             pace = ctl.replay or self.replay_pace
-            return replay(entry.chunks, pace, info=info, merged=entry.merged if pace == "merged" else None)
+            if pace == "merged":  # two chunks rebuilt from the entry's JSON, not the ~150 recorded ones
+                return replay((), pace, info=info, merged=entry.merged)
+            return replay(entry.chunks, pace, info=info)
         assert entry.completion is not None
         return fresh_copy(entry.completion)
 

@@ -4,8 +4,9 @@ The common advice calls Redis "the L1 memory cache"; Redis is a network hop (abo
 dict is a few µs. This tier is `cachetools.LRUCache` (a well-kept library: LRU order, a size function), with the
 size counted in bytes of the entry's stored JSON, as `Entry.weight` estimates it from the texts (encoding every
 answer only to weigh it cost more client CPU than the rest of the tier), and a second bound on the entry count
-(the cache knows one bound only, so the count is enforced after each insert). Entries are kept decoded, so a
-hit costs no parsing.
+(the cache knows one bound only, so the count is enforced after each insert). A completion is kept decoded, so
+its hit costs no parsing; a stream is kept as its chunks' JSON and timing (`Entry`), since ~150 kept pydantic
+chunks per answer made every full garbage collection long, and its hit rebuilds the two chunks of a merged replay.
 
 Expiry is checked on read: every entry carries its own `expires_at`, and an expired one is dropped when it is
 looked up, or pushed out by LRU order like any cold entry, so both bounds hold at all times. `TLRUCache` would

@@ -5,8 +5,8 @@ is true for the user but hides how long a miss takes; replaying at the original 
 figures comparable, at the cost of the saving in time (the saving in money stays). Paced replay schedules each
 chunk against an absolute deadline (start + recorded offset) rather than sleeping each interval, so event-loop
 lag does not pile up (docs/ARCHITECTURE.md, "Measurements behind the design"). The replayed chunks are the
-recorded ones (shared: treat them as read-only); only `ChunkStream.info` tells a replay (`source="cache"`,
-`cache_replay=<pace>`) from a live stream.
+recorded ones, rebuilt from the entry's JSON and shared by the replays in flight (treat them as read-only); only
+`ChunkStream.info` tells a replay (`source="cache"`, `cache_replay=<pace>`) from a live stream.
 
 `"merged"` sends the same answer at once as one chunk (role, the whole text and the finish reason) and the usage
 chunk, as LiteLLM does for a cached stream: the caller reads the same text and usage, and a busy process iterates
@@ -76,7 +76,7 @@ def replay(
     merged: Sequence[ChatCompletionChunk] | None = None,
 ) -> ChunkStream:
     """A `ChunkStream` of recorded chunks: at once, at `speed` times the recorded pace, or merged
-    (`labkit.stream.merge_chunks`; pass `merged` when it is already computed: an `Entry` keeps its own)."""
+    (`labkit.stream.merge_chunks`; pass `merged` when it is already computed: `Entry.merged` rebuilds its own)."""
     if pace not in REPLAY_PACES:
         raise ValueError(f"replay pace must be one of {', '.join(REPLAY_PACES)}, not {pace!r}")
     if speed <= 0:

@@ -26,7 +26,8 @@ Bounded memory: a chat application makes a new scope for every turn of every con
 kept in LRU order and at most `max_scopes` of them are held; all scopes together hold at most `max_entries` rows
 (the least recently used scopes go first, then a scope's own oldest rows). A scope's matrix starts at one row and
 doubles as it fills, since most scopes of a chat only ever hold one. Every `purge_every` stores, expired rows are
-dropped and scopes left empty with them.
+dropped and scopes left empty with them. A row's answer is kept as JSON and rebuilt on a hit, so a stored answer
+is a few objects for the garbage collector to walk, not a pydantic model tree.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from labkit.cache.embeddings import Embedder, default_embedder
 from labkit.cache.guard import veto
-from labkit.cache.layer import CacheControls, fresh_copy
+from labkit.cache.layer import CacheControls
 from labkit.chain import Handler, Result
 from labkit.dedup.policy import is_sampled
 from labkit.fingerprint import fingerprint
@@ -150,11 +151,26 @@ class VectorIndex:
         return [(float(scores[i]), self._payloads[i]) for i in top if scores[i] >= min_score]
 
 
-@dataclasses.dataclass
 class _Stored:
-    text: str
-    completion: ChatCompletion
-    expires_at: float
+    """One stored answer: its prompt's text, the answer as JSON, and its expiry.
+
+    The answer is kept as JSON bytes (one object the collector never walks) and rebuilt on a hit (about 4 µs,
+    and each hit gets its own copy): a kept `ChatCompletion` is ~15 objects, on top of the exact cache's entry
+    for the same answer."""
+
+    __slots__ = ("_json", "expires_at", "text")
+
+    def __init__(self, text: str, completion: ChatCompletion, expires_at: float) -> None:
+        self.text = text
+        self.expires_at = expires_at
+        self._json: bytes = _COMPLETION_JSON.to_json(completion, exclude_unset=True, warnings=False)
+
+    @property
+    def completion(self) -> ChatCompletion:
+        return ChatCompletion.model_validate_json(self._json)
+
+
+_COMPLETION_JSON = ChatCompletion.__pydantic_serializer__
 
 
 @dataclasses.dataclass
@@ -375,7 +391,7 @@ class SemanticCache:
             return await call_next(request)
         ctl, text, scope, vector, found = looked
         if found is not None:
-            return fresh_copy(found[0].completion)
+            return found[0].completion  # rebuilt from its JSON: the caller's own copy
         result = await call_next(request)
         if isinstance(result, ChunkStream):
             result = await result.collect()
