@@ -42,22 +42,22 @@ def _dedup(r: Results) -> str:
     )
 
 
-def _lever(r: Results, name: str, field: str, unit: str) -> tuple[str, str]:
+def _lever(r: Results, name: str, counted: str, unit: str, timed: str, label: str) -> str:
+    """One request-side lever of lesson 04: a count, a time and the cost, before → after."""
     before, after = r["levers"][name]["before"], r["levers"][name]["after"]
     saved = 1 - after["cost_usd"] / before["cost_usd"]
-    return f"{before[field]:.0f} → {after[field]:.0f} {unit}", f"cost -{saved:.0%}"
+    return (
+        f"{before[counted]:.0f} → {after[counted]:.0f} {unit}, "
+        f"{label} {before[timed]:.2f} → {after[timed]:.2f} s, cost -{saved:.0%}"
+    )
 
 
 def _prompt(r: Results) -> str:
-    tokens, cost = _lever(r, "history", "prompt_tokens", "prompt tokens")
-    before, after = r["levers"]["history"]["before"], r["levers"]["history"]["after"]
-    return f"trimmed history: {tokens}, TTFT {before['ttft_s']:.2f} → {after['ttft_s']:.2f} s, {cost}"
+    return "trimmed history: " + _lever(r, "history", "prompt_tokens", "prompt tokens", "ttft_s", "TTFT")
 
 
 def _max_tokens(r: Results) -> str:
-    tokens, cost = _lever(r, "max_tokens", "completion_tokens", "answer tokens")
-    before, after = r["levers"]["max_tokens"]["before"], r["levers"]["max_tokens"]["after"]
-    return f"{tokens}, total {before['total_s']:.2f} → {after['total_s']:.2f} s, {cost}"
+    return _lever(r, "max_tokens", "completion_tokens", "answer tokens", "total_s", "total")
 
 
 def _pool(r: Results) -> str:
