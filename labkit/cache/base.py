@@ -81,11 +81,11 @@ class Entry:
 
     A stream entry keeps its chunks as one JSON document (bytes) and their arrival times as one tuple of floats, not
     as ~150 pydantic chunks: those were ~1,500 objects per cached answer that every full garbage collection walked
-    (the capstone's p95 TTFT was set by hits that arrived during 140-360 ms gen-2 pauses). `chunks` rebuilds them
+    (the capstone's p95 TTFT was set by hits that arrived during those pauses). `chunks` rebuilds them
     in one pydantic call when a replay asks, and shares them with the replays still in flight (a weak reference:
     the entry itself keeps none); `merged` keeps its two chunks as JSON too. The price is CPU on a replay of every
-    chunk: an instant or paced replay of 150 chunks rebuilds them (0.5-0.9 ms, against 39 µs when they were kept as
-    objects), while a merged replay (the default chain's) rebuilds two (8 µs, against 2 µs).
+    chunk: an instant or paced replay rebuilds every chunk (an order of magnitude more CPU than handing out kept
+    objects), while a merged replay (the default chain's) rebuilds two.
     """
 
     __slots__ = ("_blob", "_json", "_live", "_merged", "_times", "_weight",
