@@ -1,7 +1,8 @@
 """The overhead benchmark runs end to end at a small size and writes the JSON its docstring documents.
 
 No timing threshold here: the ratio is what the benchmark *reports* (with its `meets_target` flag); this checks
-that both transports were measured, each arm's figure is there, and the ratios are the arms' quotients."""
+that both transports were measured, each arm's figure is there, the ratios are the arms' quotients, and every layer
+has its own figure over the stub transport."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from labkit.lessons.overhead import MEASURED_LAYERS
+
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"bare", "default_chain", "default_chain_without_semantic"}
 
 
-@pytest.mark.timeout(180)
-def test_the_overhead_bench_writes_both_ratios_per_transport(tmp_path):
-    out = tmp_path / "overhead.json"
-    command = ["-m", "labkit.lessons.overhead", "--bench", "--requests", "30", "--rounds", "1", "--out", str(out)]
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("overhead") / "overhead.json"
+    command = ["-m", "labkit.lessons.overhead", "--bench", "--layers", "--requests", "30", "--rounds", "1"]
     proc = subprocess.run(
-        [sys.executable, *command],
+        [sys.executable, *command, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,7 +32,11 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.timeout(180)
+def test_the_overhead_bench_writes_both_ratios_per_transport(report):
     assert report["benchmark"] == "overhead" and report["target_ratio"] == 1.10
     for kind in ("lean", "sdk"):
         figures = report[kind]
@@ -39,3 +46,10 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(tmp_path):
             cpu["default_chain_without_semantic"] / cpu["bare"], abs=0.01
         )
         assert figures["meets_target"] == (figures["ratio_without_semantic"] <= report["target_ratio"])
+
+
+@pytest.mark.timeout(180)
+def test_the_overhead_bench_measures_every_layer_over_the_stub(report):
+    layers = report["layers_over_stub"]
+    assert set(layers["alone_over_none_us"]) == set(MEASURED_LAYERS)
+    assert layers["chain_of_none_us"] > 0 and layers["all_over_none_us"] > 0
