@@ -378,9 +378,11 @@ def _cache(config: ChainConfig, scoping: Scoping, redis_url: str | None, sqlite_
     if config.cache_redis and redis_url:
         tiers.append(RedisTier(redis_url, prefix=f"labkit:capstone:{os.getpid()}:{id(tiers)}:"))
     if config.cache_sqlite:
-        # a temporary file of its own is private: the tier answers a miss for a key it never wrote without a read
+        # a temporary file of its own is private (a miss for a key it never wrote costs no read) and holds what L1
+        # evicts (it is cleared on close, so it adds room, never persistence); a file the caller names gets every answer
         path = sqlite_path or os.path.join(tempfile.mkdtemp(prefix="labkit-capstone-"), "cache.sqlite")
-        tiers.append(SQLiteTier(path, write_behind_s=config.cache_sqlite_write_behind_s, private=sqlite_path is None))
+        own = sqlite_path is None
+        tiers.append(SQLiteTier(path, write_behind_s=config.cache_sqlite_write_behind_s, private=own, spill=own))
     # the de-dup layer below coalesces misses; without it the cache's own stampede protection would do the same
     # job and the ablation could not tell the two apart
     return CacheLayer(

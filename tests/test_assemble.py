@@ -83,6 +83,16 @@ def test_the_redis_flight_needs_a_redis(sim):
         build_chain(ChainConfig.preset("bare", dedup=True, dedup_redis=True), sim.endpoint)
 
 
+@pytest.mark.parametrize(("named", "spills"), [(False, True), (True, False)])
+def test_the_chains_own_sqlite_file_holds_what_memory_evicts_and_a_named_one_every_answer(sim, tmp_path, named, spills):
+    config = ChainConfig().without("semantic")
+    path = str(tmp_path / "named.sqlite") if named else None
+    built = build_chain(config, Endpoint(sim.base_url), sqlite_path=path)
+    sqlite = built.layers["cache"].tiers[-1]
+    assert sqlite.spill is spills and sqlite.private is spills
+    asyncio.run(built.aclose())
+
+
 def test_a_config_section_with_lists_gives_a_config_of_tuples():
     config = config_from_mapping({"endpoint_names": ["a", "b"], "weights": [2, 1], "retry": False})
     assert config.endpoint_names == ("a", "b") and config.weights == (2, 1) and not config.retry

@@ -286,6 +286,54 @@ async def test_a_corrupt_sqlite_row_falls_through_to_upstream(transport, tmp_pat
     await sqlite.aclose()
 
 
+# -- a spill tier: written with what L1 evicts ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def spill(tmp_path):
+    tier = SQLiteTier(tmp_path / "spill.db", private=True, spill=True)
+    yield tier
+    await tier.aclose()
+
+
+async def test_a_spill_tier_is_not_written_while_memory_keeps_the_answer(transport, spill):
+    chain, layer, _ = build(transport, [MemoryTier(max_entries=2), spill])
+    await chain(ask("kept in memory"))
+    assert len(spill) == 0 and layer.stats.tiers["sqlite"].writes == 0
+
+
+async def test_an_answer_memory_evicts_is_served_from_the_spill_tier(transport, spill):
+    chain, layer, upstream = build(transport, [MemoryTier(max_entries=2), spill])
+    first = await chain(ask("evicted first"))
+    for prompt in ("second", "third"):
+        await chain(ask(prompt))
+    assert len(spill) == 1 and layer.stats.tiers["sqlite"].writes == 1
+    again = await chain(ask("evicted first"))
+    assert upstream.calls == 3 and layer.stats.tiers["sqlite"].hits == 1
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+
+async def test_clearing_memory_spills_nothing(transport, spill):
+    memory = MemoryTier(max_entries=2)
+    chain, _, _ = build(transport, [memory, spill])
+    await chain(ask("cleared"))
+    await memory.clear()
+    assert len(memory) == 0 and len(spill) == 0
+
+
+async def test_an_expired_answer_is_not_spilled(transport, spill):
+    chain, _, _ = build(transport, [MemoryTier(max_entries=1), spill])
+    await chain(ask("short-lived", controls={"cache_ttl": 0.05}))
+    await asyncio.sleep(0.1)
+    await chain(ask("pushes it out"))
+    assert len(spill) == 0
+
+
+def test_a_spill_tier_needs_a_memory_tier_above_it(spill):
+    with pytest.raises(ValueError, match="MemoryTier first"):
+        CacheLayer([spill])
+
+
 async def test_an_oversized_entry_is_refused_by_memcached_and_kept_by_the_others(memcached_service, tmp_path):
     import base64
     import os

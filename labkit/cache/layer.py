@@ -152,6 +152,11 @@ class _Skip:
 _SKIPPED = _Skip()
 
 
+def _any_key(key: str) -> bool:
+    """`may_hold` of a tier that cannot tell without looking."""
+    return True
+
+
 class CacheLayer:
     """Multi-tier read-through / write-through cache of completions and streams, as a chain layer."""
 
@@ -193,6 +198,14 @@ class CacheLayer:
         self._health = {t.name: _Health() for t in self.tiers}
         # an L1 in the process is looked up inline, without an await (the fast path of a hit and of a miss)
         self._l1: MemoryTier | None = self.tiers[0] if isinstance(self.tiers[0], MemoryTier) else None
+        # a spill tier is written with what L1 evicts, not on every store (`SQLiteTier(spill=True)`)
+        self._spill = tuple(t for t in self.tiers if getattr(t, "spill", False))
+        self._stored_in = tuple(t for t in self.tiers if t not in self._spill)
+        self._may_hold = tuple(getattr(t, "may_hold", _any_key) for t in self.tiers)
+        if self._spill:
+            if self._l1 is None:
+                raise ValueError("a spill tier holds what the memory tier above it evicts: put a MemoryTier first")
+            self._l1.on_evict = self._spill_evicted
         self._random = random.Random(seed)
         self._background: set[asyncio.Task[Any]] = set()
         self._flight = (
@@ -293,6 +306,8 @@ class CacheLayer:
             try:
                 if isinstance(tier, MemoryTier):
                     entry = tier.get_now(key)
+                elif not self._may_hold[i](key):
+                    entry = None  # a tier that knows it never stored the key: no call, no await
                 else:
                     got = await self._guarded(tier, lambda t=tier: t.get(key))
                     if got is _SKIPPED:
@@ -332,7 +347,25 @@ class CacheLayer:
     async def store(self, key: str, entry: Entry, ttl_s: float) -> None:
         """Write an entry to every tier (a tier that is down, or refuses it, is skipped)."""
         self.stats.stored += 1
-        await self._write(key, entry, ttl_s, self.tiers)
+        await self._write(key, entry, ttl_s, self._stored_in)
+
+    def _spill_evicted(self, key: str, entry: Entry) -> None:
+        """L1 pushed `entry` out: keep it in the spill tiers for the TTL it has left (a failure only loses it)."""
+        ttl = entry.ttl_left()
+        if ttl <= 0:
+            return
+        for tier in self._spill:
+            stats = self.stats.tiers[tier.name]
+            if self._health[tier.name].down and time.monotonic() < self._health[tier.name].down_until:
+                stats.skipped += 1
+                continue
+            try:
+                tier.put_now(key, entry, ttl)  # type: ignore[attr-defined]
+            except Exception as error:  # called from inside L1's insert: a cache tier must not fail the request
+                stats.errors += 1
+                log.warning("cache tier %s: a spilled entry was dropped (%s)", tier.name, error)
+                continue
+            stats.writes += 1
 
     async def _write(
         self, key: str, entry: Entry, ttl_s: float, tiers: Sequence[Tier], promotion: bool = False

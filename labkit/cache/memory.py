@@ -11,14 +11,31 @@ chunks per answer made every full garbage collection long, and its hit rebuilds 
 Expiry is checked on read: every entry carries its own `expires_at`, and an expired one is dropped when it is
 looked up, or pushed out by LRU order like any cold entry, so both bounds hold at all times. `TLRUCache` would
 also sweep expired entries on every access, at ten times the cost of a hit here (3.3 µs against 0.4 µs a lookup):
-an L1 hit has to stay well under 20 µs through the whole layer chain.
+an L1 hit has to stay well under 20 µs through the whole layer chain. `on_evict` hears of every entry the bounds
+push out: a cache layer spills them into a tier below (`labkit.cache.sqlite_tier`, `spill=True`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cachetools import LRUCache
 
 from labkit.cache.base import Entry
+
+Evicted = Callable[[str, Entry], None]
+
+
+class _LRU(LRUCache):
+    """`LRUCache` that tells `on_evict` what its bounds pushed out (cachetools' documented hook: `popitem`)."""
+
+    on_evict: Evicted | None = None
+
+    def popitem(self) -> tuple[str, Entry]:
+        key, entry = super().popitem()
+        if self.on_evict is not None:
+            self.on_evict(key, entry)
+        return key, entry
 
 
 class MemoryTier:
@@ -33,7 +50,17 @@ class MemoryTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.refused = 0
-        self._cache: LRUCache[str, Entry] = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry.weight)
+        self._cache: _LRU = _LRU(maxsize=max_bytes, getsizeof=lambda entry: entry.weight)
+
+    @property
+    def on_evict(self) -> Evicted | None:
+        """Called with each entry the bounds push out (not one that expired, was deleted or cleared): a cache layer
+        spills them into a tier below (`SQLiteTier(spill=True)`)."""
+        return self._cache.on_evict
+
+    @on_evict.setter
+    def on_evict(self, callback: Evicted | None) -> None:
+        self._cache.on_evict = callback
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -72,7 +99,11 @@ class MemoryTier:
         self._cache.pop(key, None)
 
     async def clear(self) -> None:
-        self._cache.clear()
+        callback, self._cache.on_evict = self._cache.on_evict, None  # `clear` pops every item: none is evicted
+        try:
+            self._cache.clear()
+        finally:
+            self._cache.on_evict = callback
 
     async def aclose(self) -> None:
         return None

@@ -28,6 +28,13 @@ process writes to the file, so the tier remembers which keys it holds (a set of 
 when it has grown to twice the rows) and answers a miss for any other key without a read (the read was the L3's
 other cost on a miss). A hash shared by two keys only costs a read; a key it forgot (after a `delete` of its twin)
 is a miss.
+
+Spilled, when asked (`spill=True`, which `build_chain` sets for its temporary file, private as well): the tier holds
+only what the memory tier above it evicts, not a copy of every answer. A temporary file is cleared when its chain
+closes, so it never served a restart: what it adds is room beyond the memory tier's bounds, and for that the
+evicted answers are enough. A miss then writes nothing to SQLite while the memory tier has room (the write, even
+behind, was half the cache layer's client CPU on a miss: `python -m labkit.lessons.overhead --layers`). The cache
+layer does the wiring (`CacheLayer` hands the memory tier's evictions to `put_now`).
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ class SQLiteTier:
         write_behind_s: float | None = None,
         batch_rows: int = 256,
         private: bool = False,
+        spill: bool = False,
     ) -> None:
         if max_rows is not None and max_rows < 1:
             raise ValueError("max_rows must be positive (or None for no bound)")
@@ -98,6 +106,7 @@ class SQLiteTier:
         self.evicted = 0  # live rows deleted to keep within `max_rows`
         self.write_behind_s = write_behind_s
         self.batch_rows = batch_rows
+        self.spill = spill  # written with what the memory tier above evicts, not on every store (CacheLayer)
         self.flushes = 0  # transactions that wrote buffered rows
         self.write_errors = 0  # flushes that failed (their rows were dropped)
         # key -> (entry or blob, expires_at), not yet in the file: an entry is encoded when it is written, in a batch
@@ -134,8 +143,13 @@ class SQLiteTier:
         """Rows written but not yet in the file (always 0 without `write_behind_s`)."""
         return len(self._pending)
 
+    def may_hold(self, key: str) -> bool:
+        """False when the tier knows without a read that it does not hold `key` (a private file it never wrote it to);
+        the cache layer asks before it calls `get`."""
+        return self._known is None or hash(key) in self._known
+
     async def get(self, key: str) -> Entry | None:
-        if self._known is not None and hash(key) not in self._known:
+        if not self.may_hold(key):
             return None  # never written here, and nobody else writes to a private file
         if self._pending:
             buffered = self._pending.get(key)
@@ -157,6 +171,10 @@ class SQLiteTier:
 
         Written behind, `set` hands over the entry itself: it is encoded when its batch is written (pydantic's
         serializer costs less in a loop over a batch than once per request between other work)."""
+        self.put_now(key, blob, ttl_s)
+
+    def put_now(self, key: str, blob: bytes | Entry, ttl_s: float) -> None:
+        """`set_raw` without an await (nothing in it waits): what a memory tier's eviction callback can call."""
         expires_at = time.time() + ttl_s
         if self._known is not None:
             self._known.add(hash(key))

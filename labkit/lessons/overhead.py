@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import time
@@ -124,22 +125,24 @@ async def stub_transport(request: ChatRequest) -> ChatCompletion:
 
 
 async def layer_costs(*, requests: int, rounds: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
-    """Each layer's CPU per request (µs) over `stub_transport`: alone over a chain of none, and all together."""
+    """Each layer's CPU per request (µs) over `stub_transport`: alone over a chain of none, and all together.
+
+    Each chain is built afresh for its turn and closed after it: chains kept alive side by side would each hold
+    their cached answers, and the later turns would pay for the garbage collector walking all of them."""
     none = ChainConfig().without(*MEASURED_LAYERS, "semantic")
     configs = {"none": none, **{name: none.replace(**{name: True}) for name in MEASURED_LAYERS}}
     configs["all"] = ChainConfig().without("semantic")
-    chains = {name: build_chain(config, stub_transport) for name, config in configs.items()}
     best: dict[str, float] = {}
-    try:
-        for built in chains.values():
-            await cpu_per_request(built.chain, 50, concurrency, max_tokens)
-        for _ in range(rounds):
-            for name, built in chains.items():
+    for _ in range(rounds):
+        for name, config in configs.items():
+            built = build_chain(config, stub_transport)
+            try:
+                await cpu_per_request(built.chain, 50, concurrency, max_tokens)
                 value = await cpu_per_request(built.chain, requests, concurrency, max_tokens)
-                best[name] = min(best.get(name, value), value)
-    finally:
-        for built in chains.values():
-            await built.aclose()
+            finally:
+                await built.aclose()
+            best[name] = min(best.get(name, value), value)
+            gc.collect()
     base = best["none"]
     return {
         "chain_of_none_us": round(base * 1e6, 2),
