@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from nbrun import NOTEBOOKS, run_notebook
+from test_context_fit import small_context_profiles
 from test_nb_02_dedup import SIZES as DEDUP_SIZES
 from test_nb_03_streaming import PARAMETERS as STREAMING_SIZES
 from test_nb_04_request_levers import PARAMETERS as LEVERS_SIZES
@@ -187,3 +188,31 @@ def test_notebook_completes_against_an_external_endpoint_and_lists_its_skips(
     monkeypatch.setenv("OPENAI_API_KEY", EXTERNAL_KEY)
     results = run_notebook(name, tmp_path, **parameters)
     assert results["skipped"] == skipped
+
+
+def run_levers_against_a_small_context(window: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Lesson 04 at its external sizes against an external 'fast' service whose context window is `window`."""
+    profiles = small_context_profiles(tmp_path / "profiles.json", window, "fast")
+    args = ["--profiles", str(profiles)]
+    with start_sim("fast", seed=7, no_admin=True, api_key=[EXTERNAL_KEY], args=args) as service:
+        monkeypatch.setenv("OPENAI_BASE_URL", service.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", EXTERNAL_KEY)
+        return run_notebook("04_request_levers", tmp_path, **CASES["04_request_levers"][0])
+
+
+def test_request_levers_runs_to_the_end_unchanged_against_a_4096_token_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its longest prompt at these sizes (the 12-turn history) is about 3300 tokens: the probe is accepted
+    results = run_levers_against_a_small_context(4096, tmp_path, monkeypatch)
+    assert (results["context"]["window"], results["context"]["changed"], results["skipped"]) == (None, False, [])
+
+
+def test_request_levers_shrinks_its_prompts_to_a_2048_token_context_and_runs_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = run_levers_against_a_small_context(2048, tmp_path, monkeypatch)
+    assert (results["context"]["window"], results["context"]["changed"], results["skipped"]) == (2048, True, [])
+    sent = [modes["stream"]["prompt_tokens"] for modes in results["by_prompt_tokens"].values()]
+    sent += [results["levers"][name]["before"]["prompt_tokens"] for name in ("history", "prefix_cache")]
+    assert max(sent) + CASES["04_request_levers"][0]["MAX_TOKENS"] <= 2048
