@@ -8,6 +8,7 @@ rate-limit control or the service's counters, and list them under "skipped" in i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,21 @@ def test_notebook_completes_against_an_external_endpoint_and_lists_its_skips(
     # papermill's kernel is a subprocess of this one: it inherits this environment
     monkeypatch.setenv("OPENAI_BASE_URL", external.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", EXTERNAL_KEY)
+    results = run_notebook(name, tmp_path, **parameters)
+    assert results["skipped"] == skipped
+
+
+#: An OpenAI-compatible server of your own to run every notebook against (`LABKIT_REAL_BASE_URL`, and
+#: `LABKIT_REAL_API_KEY` if it checks one), for example llama.cpp's `llama-server` on a tiny model. CI has none.
+REAL_BASE_URL = os.environ.get("LABKIT_REAL_BASE_URL")
+
+
+@pytest.mark.skipif(not REAL_BASE_URL, reason="no server of your own: set LABKIT_REAL_BASE_URL to run these")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebook_completes_against_your_own_server(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parameters, skipped = CASES[name]
+    monkeypatch.setenv("OPENAI_BASE_URL", str(REAL_BASE_URL))
+    monkeypatch.setenv("OPENAI_API_KEY", os.environ.get("LABKIT_REAL_API_KEY", "sk-your-own-server"))
     results = run_notebook(name, tmp_path, **parameters)
     assert results["skipped"] == skipped
 
