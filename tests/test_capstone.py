@@ -195,6 +195,15 @@ def test_without_service_counters_the_cost_comes_from_the_answers_usage():
     assert s["cost_usd"] == pytest.approx((50 * 2.5 + 100 * 10) / 1e6)
 
 
+def test_summarize_says_how_late_measured_requests_left_their_schedule():
+    rows = [row(0, warmup=True) | {"start_lag_s": 9.0}] + [row(i) | {"start_lag_s": i / 100} for i in range(1, 21)]
+    result = RunResult(rows, 1.0, 1)
+    workload = Workload(spec(duration_s=1.0), tuple(item(i, i, f"{i}?") for i in range(21)), (10,))
+    s = capstone.summarize(result, workload, prompt_tokens=[10] * 21)
+    assert s["max_start_lag_s"] == pytest.approx(0.20)  # the warm-up's 9 s is not measured
+    assert 0.19 <= s["p95_start_lag_s"] <= 0.20
+
+
 def test_before_after_states_the_change_and_whether_each_target_was_met():
     before = {"avg_response_s": 3.2, "throughput_rps": 100, "hit_rate": 0.2, "cost_month_usd": 1000,
               "error_rate": 0.05, "p95_ttfb_s": 4.0}  # fmt: skip
@@ -328,6 +337,25 @@ def test_a_lever_alone_carries_no_timer_that_only_its_partners_make_sound():
     levers = capstone.levers()
     assert levers["streaming"].client.streaming and levers["streaming"].client.first_token_timeout_s is None
     assert levers["retries"].client.retry_deadline_s == PATIENCE_S  # the caller's own patience, nothing shorter
+
+
+def test_a_levers_record_keeps_why_its_requests_failed_beside_the_rows():
+    from labkit.lessons.capstone.guide_table import lever_record
+
+    summary = {"requests": 10, "ok": 7, "error_rate": 0.3, "p95_start_lag_s": 1.2,
+               "errors": {"RateLimitError": 2, "MidStreamError": 1}, "sources": {"upstream": 7}}  # fmt: skip
+    record = lever_record(summary)
+    assert record["error_rate"] == 0.3 and record["requests"] == 10
+    assert record["errors"] == {"RateLimitError": 2, "MidStreamError": 1}
+    assert record["p95_start_lag_s"] == 1.2
+    assert "sources" not in record  # the rows and the failures, not the whole summary
+
+
+def test_rescale_brings_how_late_requests_left_back_to_real_seconds():
+    from labkit.lessons.capstone.arms import rescale
+
+    out = rescale({"p95_start_lag_s": 0.5, "max_start_lag_s": 1.5}, 2.0)
+    assert (out["p95_start_lag_s"], out["max_start_lag_s"]) == (1.0, 3.0)
 
 
 # -- the clients against a real (simulated) service ---------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from labkit.lessons.capstone.arms import start_scaled_lab
 from labkit.lessons.capstone.experiment import ablation, jsonable
-from labkit.lessons.capstone.guide_table import compare_arms, cost_breakdown, lever_runs, roadmap
+from labkit.lessons.capstone.guide_table import compare_arms, cost_breakdown, lever_record, lever_runs, roadmap
 from labkit.lessons.capstone.table import ROWS
 from labkit.lessons.capstone.workload import WorkloadSpec, settings
 
@@ -63,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a tool
                 say(f"{name}: levers alone")
                 lever_spec = _spec(name, args.lever_requests)
                 runs = await lever_runs(fast, lever_spec, scale=args.scale, monthly_requests=monthly, progress=say)
-                r["levers"] = {
-                    k: {key: v.get(key) for key, _, _ in ROWS} | {"requests": v["requests"]} for k, v in runs.items()
-                }
+                r["levers"] = {k: lever_record(v) for k, v in runs.items()}
                 r["cost_breakdown"] = cost_breakdown(runs, r, defer_share=spec.defer_share)
                 r["roadmap"] = roadmap(runs)
                 results["workloads"][name] = r

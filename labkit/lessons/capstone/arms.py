@@ -161,7 +161,16 @@ def scaled_config(config: Any, scale: float) -> Any:
     return config.replace(**changes)
 
 
-_TIMES = ("avg_response_s", "avg_complete_s", "p50_ttfb_s", "p95_ttfb_s", "p99_ttfb_s", "p95_complete_s")
+_TIMES = (
+    "avg_response_s",
+    "avg_complete_s",
+    "p50_ttfb_s",
+    "p95_ttfb_s",
+    "p99_ttfb_s",
+    "p95_complete_s",
+    "max_start_lag_s",
+    "p95_start_lag_s",
+)
 
 
 def rescale(summary: dict[str, Any], scale: float) -> dict[str, Any]:

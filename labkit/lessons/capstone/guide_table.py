@@ -181,6 +181,20 @@ async def lever_runs(
     return runs
 
 
+def lever_record(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What the results keep of one lever's run: the table's rows, the requests measured, and why requests failed.
+
+    A rate alone cannot say why a lever fails more than "before": the kinds (`errors`, by exception class or
+    "gave up (patience)") and how late requests left their schedule (`p95_start_lag_s`) can. The load generator
+    shares the client's event loop, so a client whose own CPU saturates the loop sends requests late and in bursts,
+    and a per-second rate limit answers a burst with 429s (RateLimitError) that no fault injected."""
+    return {key: summary.get(key) for key, _, _ in ROWS} | {
+        "requests": summary["requests"],
+        "errors": dict(summary.get("errors") or {}),
+        "p95_start_lag_s": summary.get("p95_start_lag_s"),
+    }
+
+
 def cost_breakdown(
     runs: Mapping[str, Mapping[str, Any]], compared: Mapping[str, Any], *, defer_share: float
 ) -> list[dict[str, Any]]:
@@ -321,6 +335,7 @@ __all__ = [
     "cost_breakdown",
     "guide_frame",
     "guide_rows",
+    "lever_record",
     "lever_runs",
     "roadmap",
     "throughput",

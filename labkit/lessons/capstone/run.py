@@ -1,8 +1,10 @@
 """Running a workload open loop: each request starts at its scheduled time, whatever the client is doing.
 
-Open loop, as real users are: a slow client does not slow the arrivals down. Each request is timed from its
-*scheduled* arrival, with the caller's patience as its deadline. `chain_caller` and `naive_caller` adapt the two
-clients the capstone compares to one call signature.
+Open loop, as real users are: a slow answer does not slow the arrivals down. Each request is timed from its
+*scheduled* arrival, with the caller's patience as its deadline. The schedule runs on the client's own event loop,
+so a client whose CPU saturates that loop sends its requests late and bunched (each summary's `p95_start_lag_s`
+says how late); they are still timed from their schedule. `chain_caller` and `naive_caller` adapt the two clients
+the capstone compares to one call signature.
 """
 
 from __future__ import annotations

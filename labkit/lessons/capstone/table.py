@@ -161,6 +161,9 @@ def summarize(
         "sources": dict(sources),
         "peak_outstanding": result.peak_outstanding,
         "max_start_lag_s": max((r["start_lag_s"] for r in rows), default=0.0),
+        # how late requests left against their schedule: the load generator shares the client's event loop, so a
+        # client whose own CPU saturates the loop sends its requests late and in bursts (see `lever_record`)
+        "p95_start_lag_s": percentile([r["start_lag_s"] for r in rows], 95),
         "cost_usd": cost["cost_usd"],
         "cost_per_request_usd": per_request,
         "cost_month_usd": per_request * monthly_requests,
