@@ -110,6 +110,28 @@ def test_the_same_seed_and_request_give_the_same_text(client):
     assert content(first) == content(again)
 
 
+def chat(client: httpx.Client, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
+    response = client.post("/chat/completions", json={"model": MODEL, "messages": messages, **params})
+    response.raise_for_status()
+    return response.json()
+
+
+def test_a_shorter_context_before_the_same_question_keeps_the_answers_length(client):
+    question = {"role": "user", "content": "Explain exponential backoff with jitter."}
+    context = "Reference: " + "retries spread out over time when many clients fail together. " * 20
+    lengths = set()
+    for kept in (1.0, 0.8, 0.6, 0.4, 0.2, 0.1):
+        system = {"role": "system", "content": context[: int(len(context) * kept)]}
+        lengths.add(chat(client, [system, question], temperature=0)["usage"]["completion_tokens"])
+    assert len(lengths) == 1
+
+
+def test_different_questions_draw_different_answer_lengths(client):
+    lengths = {ask(client, f"Question number {i} about caching?", temperature=0)["usage"]["completion_tokens"]
+               for i in range(12)}  # fmt: skip
+    assert len(lengths) > 1
+
+
 def test_an_unknown_prompt_gets_the_general_fallback_set(client):
     for seed in range(5):
         text = content(ask(client, f"Question number {seed}?", seed=seed))

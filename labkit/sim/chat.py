@@ -82,18 +82,41 @@ def check_chat(profile: Profile, p: ChatParams, *, want_ids: bool = False) -> Pr
     return Prompt(model, n_prompt, ids)
 
 
-def answer_rng(st: SimState, p: ChatParams, model: str) -> random.Random:
-    """Deterministic per request at temperature 0 or with a `seed`; otherwise the next draw of the
-    service's seeded stream (so a run is still reproducible in arrival order)."""
+def answer_rng(st: SimState, p: ChatParams, model: str) -> tuple[random.Random, random.Random]:
+    """The draws of an answer: (its length, its text).
+
+    Deterministic per request at temperature 0 or with a `seed`. The length is drawn from the *question* (the last
+    user message), the model, `max_tokens` and the seed, not from the whole prompt: a real model's answer length
+    follows what is asked, so a trimmed history, a shortened context or a moved instruction must not draw another
+    length (lesson 04 and the capstone's trimming lever compare exactly those). The text is drawn from the whole
+    request, so different requests still get different answers. Sampled requests take both from the next draw of
+    the service's seeded stream (a run is still reproducible in arrival order)."""
     if p.temperature == 0.0 or p.seed is not None:
-        digest = hashlib.blake2b(st.seed_bytes + request_fingerprint(model, p.messages, p.max_tokens, p.seed))
-        return random.Random(digest.digest())
-    return random.Random(st.rng.getrandbits(64))
+        text = hashlib.blake2b(st.seed_bytes + request_fingerprint(model, p.messages, p.max_tokens, p.seed))
+        length = hashlib.blake2b(
+            st.seed_bytes + request_fingerprint(model, _question(p.messages), p.max_tokens, p.seed)
+        )
+        return random.Random(length.digest()), random.Random(text.digest())
+    rng = random.Random(st.rng.getrandbits(64))
+    return rng, rng
 
 
-def draw_answer(profile: Profile, model: str, p: ChatParams, rng: random.Random) -> tuple[list[int], str]:
-    """The answer's tokens (length from the profile, cut at `max_tokens`) and its finish reason."""
-    sampled = profile.output_tokens.sample(rng)
+def _question(messages: Any) -> Any:
+    """The last user message's content (the last message's, when no message is the user's)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message.get("content")
+    last = messages[-1] if messages else None
+    return last.get("content") if isinstance(last, dict) else last
+
+
+def draw_answer(
+    profile: Profile, model: str, p: ChatParams, rngs: tuple[random.Random, random.Random]
+) -> tuple[list[int], str]:
+    """The answer's tokens (length from the profile, cut at `max_tokens`) and its finish reason; `rngs` is what
+    `answer_rng` returns."""
+    lengths, rng = rngs
+    sampled = profile.output_tokens.sample(lengths)
     cap = p.max_tokens
     n = sampled if cap is None else min(cap, sampled)
     pool = pool_for(model)

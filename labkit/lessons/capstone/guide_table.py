@@ -237,10 +237,9 @@ def cost_breakdown(
 
 
 def _trim_note(trimmed: Mapping[str, Any], before: Mapping[str, Any]) -> str:
-    """What confounds the trimming lever's cost: the simulated service draws each answer's length from a hash of the
-    whole request (`labkit.sim.chat.answer_rng`), so a trimmed prompt draws other lengths; without max_tokens the
-    few popular questions' draws move the bill more than the prompt tokens saved (measured: +66% tokens generated,
-    +14% cost, on 400 requests of the high-repetition workload)."""
+    """What trimming changed per answer: prompt tokens (its saving) and generated tokens. The simulated service draws
+    an answer's length from the question, not the whole prompt (`labkit.sim.chat.answer_rng`), so the generated
+    tokens move only with the requests that were answered, not with the trimmed context."""
     tokens = {k: r["upstream"]["tokens_generated"] / max(1.0, r["upstream"]["answered_200"]) for k, r in
               (("trimmed", trimmed), ("before", before))}  # fmt: skip
     prompt = {k: r["upstream"]["prompt_tokens"] / max(1.0, r["upstream"]["answered_200"]) for k, r in
@@ -249,8 +248,7 @@ def _trim_note(trimmed: Mapping[str, Any], before: Mapping[str, Any]) -> str:
         return ""
     return (
         f"prompt tokens per answer {prompt['trimmed'] / prompt['before'] - 1:+.0%}; generated tokens per answer "
-        f"{tokens['trimmed'] / tokens['before'] - 1:+.0%} (the simulated service draws answer lengths from the whole "
-        "request: trimmed prompts draw other lengths)"
+        f"{tokens['trimmed'] / tokens['before'] - 1:+.0%}"
     )
 
 

@@ -291,8 +291,8 @@ def generate(spec: WorkloadSpec, groups: Sequence[Any] | None = None) -> Workloa
 
 def trimmed(workload: Workload) -> Workload:
     """The same requests with each context's reference text cut to `spec.trim_keep` of its words (the checklist's
-    "optimise the prompt length"). The simulated answers do not depend on the text, so what trimming costs in answer
-    quality is not measured here: choose the share on real traffic."""
+    "optimise the prompt length"). The simulated answers do not depend on the context's meaning (their length follows
+    the question), so what trimming costs in answer quality is not measured here: choose the share on real traffic."""
     keep = workload.spec.trim_keep
     if keep >= 1:
         return workload
