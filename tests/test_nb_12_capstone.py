@@ -89,6 +89,15 @@ def test_the_roadmap_names_max_tokens_alone_as_a_saving_on_cost(results):
     assert answer["lever"] == "max_tokens" and answer["change"] < 0  # capped answers cost less than before's
 
 
+def test_each_lever_run_keeps_its_failures_by_kind_and_how_late_it_left(results):
+    runs = results["levers"]["high_repetition"]["runs"]
+    failed = {name: run for name, run in runs.items() if run["error_rate"]}
+    assert failed  # the faults are on: some lever run failed requests
+    for run in failed.values():
+        assert sum(run["errors"].values()) == round(run["error_rate"] * run["requests"])
+    assert all(run["p95_start_lag_s"] is not None for run in runs.values())
+
+
 def test_the_report_gets_the_guides_checklist_read_from_the_folder_of_its_results(results):
     rows = results["report_tables"]["The guide's checklist, measured in this run"]
     assert len(rows) == 16

@@ -16,6 +16,7 @@ from typing import Any
 
 from labkit.lessons.capstone.arms import ARM_NAMES
 from labkit.lessons.capstone.experiment import set_faults
+from labkit.lessons.capstone.guide_table import lever_record
 from labkit.lessons.capstone.run import chain_caller
 from labkit.lessons.capstone.table import ROWS
 
@@ -189,7 +190,6 @@ def results(measured: Mapping[str, Any], *, results_path: str | Path | None = No
     """What the notebook records (the results JSON its test reads), from what its sections put in `measured`
     ("three", "levers", "breakdown", "layers_on"). With `results_path`, the report's tables also get the guide's
     checklist read from the results beside it (`checklist_report`)."""
-    keys = [k for k, _, _ in ROWS]
     three, levers = measured.get("three"), measured.get("levers") or {}
     out: dict[str, Any] = {
         "guide_table": None,
@@ -211,7 +211,7 @@ def results(measured: Mapping[str, Any], *, results_path: str | Path | None = No
             {k: v for k, v in r.items() if k != "ci95"} for r in three["rows"]
         ]
     for name, lv in levers.items():
-        runs = {k: {key: v.get(key) for key in keys} for k, v in lv["runs"].items()}
+        runs = {k: lever_record(v) for k, v in lv["runs"].items()}  # rows, failures by kind, start lag
         out["levers"][name] = {"roadmap": lv["roadmap"], "runs": runs}
     out["report_tables"].update(checklist_report(results_path))
     return out
