@@ -1,12 +1,15 @@
 """Shared fixtures: real servers, started once per test session through labkit.lab.services, and the small
-helpers several test files need (one counting layer, one bare-stream baseline)."""
+helpers several test files need (one counting layer, one bare-stream baseline, one runner of a benchmark command)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +139,16 @@ async def bare_stream(base_url: str, model: str = "gpt-4o", **params: Any) -> Ba
     if not timing.arrivals:
         raise AssertionError("the baseline stream carried no text")
     return timing
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str, timeout: float) -> str:
+    """Run `python -m module args...` from the repository's root as its own process; its stdout, or the test fails
+    with the end of its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout

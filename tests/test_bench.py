@@ -8,34 +8,23 @@ stream and call without an error, and wrote the documented structure.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_module
 
 from labkit.lab.measure import summary_ms
 from labkit.lessons.bench.runner import QUICK_LEVELS, SDK_REQUESTS_QUICK, TARGETS, evaluate_targets
 from labkit.percentiles import percentile
 
-ROOT = Path(__file__).resolve().parent.parent
 PERCENTILES = {"p50", "p95", "p99", "min", "max", "mean"}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, "-m", "labkit.lessons.bench", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stdout
+    return out, run_module("labkit.lessons.bench", "--quick", "--out", str(out), timeout=110)
 
 
 def _load(path: Path) -> dict[str, Any]:

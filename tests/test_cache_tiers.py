@@ -289,15 +289,20 @@ async def test_memcached_server_itself_rejects_an_item_over_1_mib(memcached_tier
         await memcached_tier.set_raw("raw", os.urandom(1_100_000))
 
 
+async def read_back(path, key: str) -> str | None:
+    """What a new tier on the same file (a restarted process) reads for `key`: the answer's text, or None."""
+    reopened = SQLiteTier(path)
+    got = await reopened.get(key)
+    await reopened.aclose()
+    return None if got is None else got.completion.choices[0].message.content
+
+
 async def test_sqlite_tier_survives_a_restart(tmp_path):
     path = tmp_path / "persist.db"
     first = SQLiteTier(path)
     await first.set("k1", entry("k1", "still here"), 60)
     await first.aclose()
-    second = SQLiteTier(path)
-    got = await second.get("k1")
-    await second.aclose()
-    assert got is not None and got.completion.choices[0].message.content == "still here"
+    assert await read_back(path, "k1") == "still here"
 
 
 async def test_sqlite_purge_deletes_expired_rows(sqlite_tier):
@@ -349,10 +354,7 @@ async def test_sqlite_written_behind_writes_its_buffer_when_closed(tmp_path):
     tier = SQLiteTier(path, write_behind_s=60.0)
     await tier.set("k1", entry("k1", "kept"), 60)
     await tier.aclose()
-    again = SQLiteTier(path)
-    got = await again.get("k1")
-    await again.aclose()
-    assert got is not None and got.completion.choices[0].message.content == "kept"
+    assert await read_back(path, "k1") == "kept"
 
 
 async def test_sqlite_written_behind_forgets_a_deleted_buffered_row(tmp_path):

@@ -7,31 +7,20 @@ has its own figure over the stub transport."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_module
 
 from labkit.lessons.overhead import MEASURED_LAYERS
 
-ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"bare", "default_chain", "default_chain_without_semantic"}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("overhead") / "overhead.json"
-    command = ["-m", "labkit.lessons.overhead", "--bench", "--layers", "--requests", "30", "--rounds", "1"]
-    proc = subprocess.run(
-        [sys.executable, *command, "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    args = ["--bench", "--layers", "--requests", "30", "--rounds", "1", "--out", str(out)]
+    run_module("labkit.lessons.overhead", *args, timeout=170)
     return json.loads(out.read_text())
 
 

@@ -356,7 +356,7 @@ class CacheLayer:
             return
         for tier in self._spill:
             stats = self.stats.tiers[tier.name]
-            if self._health[tier.name].down and time.monotonic() < self._health[tier.name].down_until:
+            if self._resting(tier.name):
                 stats.skipped += 1
                 continue
             try:
@@ -393,13 +393,18 @@ class CacheLayer:
         if done is not _SKIPPED and not promotion:
             stats.writes += 1
 
+    def _resting(self, name: str) -> bool:
+        """Whether tier `name` is marked down and its `retry_after_s` has not passed yet."""
+        health = self._health[name]
+        return health.down and time.monotonic() < health.down_until
+
     async def _guarded(self, tier: Tier, operation: Callable[[], Awaitable[T]]) -> T | _Skip:
         """Run one remote-tier operation with a timeout; a failure marks the tier down (fail-open).
 
         A `blocking` tier (SQLite: its calls never wait on the loop) gets no timeout, which could never fire."""
         health = self._health[tier.name]
         stats = self.stats.tiers[tier.name]
-        if health.down and time.monotonic() < health.down_until:
+        if self._resting(tier.name):
             stats.skipped += 1
             return _SKIPPED
         try:

@@ -20,7 +20,7 @@ import openai
 from labkit.lessons.streaming_view import conversation, prompt_of
 from labkit.tokens import count_messages
 
-__all__ = ["ContextFit", "context_refusal", "fit_context", "fit_sizes", "prompt_limit"]
+__all__ = ["ContextFit", "context_refusal", "fit_context", "fit_sizes", "history_tokens", "prompt_limit"]
 
 #: Share of the window (in our tokens) the lesson's prompts may fill: the two tokenizers' ratio measured on the
 #: probe is not exactly the ratio on every other prompt.
@@ -80,6 +80,11 @@ def prompt_limit(window: int, max_tokens: int, *, ours: int, theirs: int | None,
     return int((window - max_tokens) * ours / (theirs or ours) * margin)
 
 
+def history_tokens(turns: int, model: str) -> int:
+    """The prompt tokens of the lesson's conversation of `turns` question/answer pairs."""
+    return count_messages(conversation(turns, session="fit"), model)
+
+
 def fit_sizes(
     limit: int,
     model: str,
@@ -93,10 +98,10 @@ def fit_sizes(
     dropped), the prefix shortened, the history cut to the turns that fit and its budget kept below it."""
     points = list(dict.fromkeys(min(int(p), limit) for p in prompt_tokens_sweep))
     prefix = max(200, min(prefix_tokens, limit - PREFIX_EXTRA))
-    turns = history_turns
-    while turns > 1 and count_messages(conversation(turns, session="fit"), model) > limit:
+    turns, history = history_turns, history_tokens(history_turns, model)
+    while turns > 1 and history > limit:
         turns -= 1
-    history = count_messages(conversation(turns, session="fit"), model)
+        history = history_tokens(turns, model)
     budget = history_budget if history_budget < history else history // 2
     return {
         "prompt_tokens_sweep": points,
@@ -127,9 +132,7 @@ async def fit_context(
         "history_turns": history_turns,
         "history_budget": history_budget,
     }
-    largest = max(
-        *sweep, prefix_tokens + PREFIX_EXTRA, count_messages(conversation(history_turns, session="fit"), model)
-    )
+    largest = max(*sweep, prefix_tokens + PREFIX_EXTRA, history_tokens(history_turns, model))
     probe = prompt_of(largest + max_tokens, model)
     ours = count_messages(probe, model)
     async with openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key) as client:
