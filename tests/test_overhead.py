@@ -31,6 +31,8 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(report):
         figures = report[kind]
         cpu = figures["cpu_per_request_ms"]
         assert set(cpu) == ARMS and all(value > 0 for value in cpu.values())
+        collector = figures["of_which_garbage_collector_ms"]
+        assert set(collector) == ARMS and all(0 <= collector[arm] < cpu[arm] for arm in ARMS)
         assert figures["ratio_without_semantic"] == pytest.approx(
             cpu["default_chain_without_semantic"] / cpu["bare"], abs=0.01
         )

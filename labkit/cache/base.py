@@ -28,11 +28,10 @@ _COMPRESSED = b"Z"
 
 EntryKind = Literal["completion", "stream"]
 
-# What an entry's JSON holds besides its text, in bytes (measured on the simulated service's answers: about 760
-# per completion and 300 per chunk; a real service's are of the same size)
-_COMPLETION_FRAMING = 760
-_TOOL_CALL_FRAMING = 100
+# What a stream entry's JSON holds besides its text, in bytes per chunk (measured on the simulated service's
+# answers; a real service's are of the same size), and what the envelope adds to any entry besides its key
 _CHUNK_FRAMING = 300
+_ENVELOPE = 100
 
 
 def _utf8_len(text: str | None) -> int:
@@ -65,6 +64,7 @@ class _Replaying(list):  # type: ignore[type-arg]
 
 #: One validator for a list of chunks: pydantic builds (or dumps) all of them in one call, 2-3 µs a chunk.
 _CHUNKS: TypeAdapter[list[ChatCompletionChunk]] = TypeAdapter(list[ChatCompletionChunk])
+_COMPLETION = ChatCompletion.__pydantic_serializer__
 #: `Entry.merged` of an answer that `merge_chunks` returns as recorded (several choices, tool calls, logprobs).
 _UNMERGEABLE = b""
 
@@ -79,9 +79,13 @@ class Entry:
     `expires_at` and `created_at` are wall-clock epoch seconds (a disk tier outlives the process, so a monotonic
     clock would not do).
 
-    A stream entry keeps its chunks as one JSON document (bytes) and their arrival times as one tuple of floats, not
-    as ~150 pydantic chunks: those were ~1,500 objects per cached answer that every full garbage collection walked
-    (the capstone's p95 TTFT was set by hits that arrived during those pauses). `chunks` rebuilds them
+    An entry keeps its answer as JSON (bytes), not as pydantic objects: bytes are one object the garbage collector
+    never walks. A stream's ~150 chunks were ~1,500 objects per cached answer that every full collection walked (the
+    capstone's p95 TTFT was set by hits that arrived during those pauses), and a completion's ~25 objects, kept for
+    every miss, were most of the collector's work on a cache miss (`python -m labkit.lessons.overhead` reports the
+    collector's share of each arm's CPU). `completion` rebuilds a completion for each caller (about 6 µs, 3 µs more
+    than copying kept objects; the JSON costs about 3.5 µs to write); a stream keeps its chunks' arrival times as
+    one tuple of floats, and `chunks` rebuilds them
     in one pydantic call when a replay asks, and shares them with the replays still in flight (a weak reference:
     the entry itself keeps none); `merged` keeps its two chunks as JSON too. The price is CPU on a replay of every
     chunk: an instant or paced replay rebuilds every chunk (an order of magnitude more CPU than handing out kept
@@ -89,7 +93,7 @@ class Entry:
     """
 
     __slots__ = ("_blob", "_json", "_live", "_merged", "_times", "_weight",
-                 "completion", "created_at", "expires_at", "key", "kind")  # fmt: skip
+                 "created_at", "expires_at", "key", "kind")  # fmt: skip
 
     def __init__(
         self,
@@ -105,27 +109,35 @@ class Entry:
         if kind == "stream" and not chunks:
             raise ValueError("a stream entry needs at least one chunk")
         self.key, self.kind, self.created_at, self.expires_at = key, kind, created_at, expires_at
-        self.completion = completion
         self._merged: bytes | None = None
         self._blob: bytes | None = None
         self._live: weakref.ref[_Replaying] | None = None
-        self._weight: int | None = None
         if kind == "stream":
             self._times: tuple[float, ...] = tuple(float(recorded.at_s) for recorded in chunks)
             self._json: bytes = _chunks_json([recorded.chunk for recorded in chunks])
             self._weight = _stream_weight(recorded.chunk for recorded in chunks)
         else:
-            self._times, self._json = (), b""
+            assert completion is not None
+            self._times, self._json = (), _COMPLETION.to_json(completion, exclude_unset=True, warnings=False)
+            self._weight = len(self._json) + len(key) + _ENVELOPE
 
     @classmethod
-    def _stored_stream(
-        cls, key: str, created_at: float, expires_at: float, times: tuple[float, ...], chunks_json: bytes, weight: int
+    def _stored(
+        cls,
+        key: str,
+        kind: EntryKind,
+        created_at: float,
+        expires_at: float,
+        data_json: bytes,
+        times: tuple[float, ...] = (),
+        weight: int | None = None,
     ) -> Entry:
-        """A stream entry from its stored parts (`decode`: the chunks are validated already)."""
+        """An entry from its stored parts (`decode`: the completion or the chunks are validated already)."""
         entry = cls.__new__(cls)
-        entry.key, entry.kind, entry.created_at, entry.expires_at = key, "stream", created_at, expires_at
-        entry.completion, entry._merged, entry._blob, entry._live = None, None, None, None
-        entry._times, entry._json, entry._weight = times, chunks_json, weight
+        entry.key, entry.kind, entry.created_at, entry.expires_at = key, kind, created_at, expires_at
+        entry._merged, entry._blob, entry._live = None, None, None
+        entry._times, entry._json = times, data_json
+        entry._weight = weight if weight is not None else len(data_json) + len(key) + _ENVELOPE
         return entry
 
     @classmethod
@@ -137,6 +149,13 @@ class Entry:
     def of_stream(cls, key: str, chunks: Sequence[RecordedChunk], ttl_s: float, now: float | None = None) -> Entry:
         now = time.time() if now is None else now
         return cls(key, "stream", now, now + ttl_s, chunks=chunks)
+
+    @property
+    def completion(self) -> ChatCompletion | None:
+        """A completion entry's answer, rebuilt from its JSON: a new object for every caller (None for a stream)."""
+        if self.kind != "completion":
+            return None
+        return ChatCompletion.model_validate_json(self._json)
 
     def ttl_left(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
@@ -184,21 +203,8 @@ class Entry:
 
     @property
     def weight(self) -> int:
-        """About `size`, without encoding: the texts' UTF-8 bytes plus a fixed framing per answer or chunk.
-
-        What an in-process tier bounds its bytes by. Encoding an answer only to weigh it (pydantic's serializer)
-        was the largest part of what the L1 cost a cache miss (`python -m labkit.lessons.overhead`); a tier that
-        stores the blob encodes it anyway."""
-        if self._weight is None:
-            assert self.completion is not None
-            total = _COMPLETION_FRAMING
-            for choice in self.completion.choices:
-                message = choice.message
-                total += _utf8_len(message.content) + _utf8_len(message.refusal)
-                for call in message.tool_calls or ():
-                    function = getattr(call, "function", None)
-                    total += _TOOL_CALL_FRAMING + _utf8_len(getattr(function, "arguments", None))
-            self._weight = total
+        """About `size`, without encoding the envelope: a completion's JSON, or a stream's texts' UTF-8 bytes plus a
+        fixed framing per chunk. What an in-process tier bounds its bytes by."""
         return self._weight
 
 
@@ -209,8 +215,7 @@ def _stream_weight(chunks: Iterable[ChatCompletionChunk]) -> int:
 def encode(entry: Entry) -> bytes:
     """Versioned JSON bytes of an entry."""
     if entry.kind == "completion":
-        assert entry.completion is not None
-        data: Any = entry.completion.model_dump(mode="json", exclude_unset=True, warnings=False)
+        data: Any = orjson.Fragment(entry._json)
     else:
         data = [[at, chunk] for at, chunk in zip(entry._times, orjson.loads(entry._json), strict=True)]
     document = {
@@ -245,14 +250,15 @@ def decode(blob: bytes | bytearray | memoryview | str, expected_key: str | None 
         raise CorruptEntry("an entry needs numeric 'created' and 'expires'")
     try:
         if kind == "completion":
-            return Entry(str(key), "completion", created, expires, completion=ChatCompletion.model_validate(data))
+            ChatCompletion.model_validate(data)  # validated here: a bad completion is a miss
+            return Entry._stored(str(key), "completion", created, expires, orjson.dumps(data))
         if kind == "stream":
             if not isinstance(data, list) or not data:
                 raise CorruptEntry("a stream entry needs a non-empty list of chunks")
             times = tuple(float(at) for at, _ in data)
             raw_chunks = [chunk for _, chunk in data]
             weight = _stream_weight(_CHUNKS.validate_python(raw_chunks))  # validated here: a bad chunk is a miss
-            return Entry._stored_stream(str(key), created, expires, times, orjson.dumps(raw_chunks), weight)
+            return Entry._stored(str(key), "stream", created, expires, orjson.dumps(raw_chunks), times, weight)
     except CorruptEntry:
         raise
     except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError

@@ -35,9 +35,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from openai.types.chat import ChatCompletion
-from pydantic import BaseModel
-
 from labkit.cache.base import CorruptEntry, Entry, EntryTooLarge, RecordedChunk, Tier
 from labkit.cache.memory import MemoryTier
 from labkit.cache.replay import REPLAY_PACES, ReplayPace, record, replay
@@ -50,7 +47,6 @@ from labkit.stream import ChunkStream
 
 log = logging.getLogger("labkit.cache")
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
 #: The tenant of an API key or tenant id (`labkit.scope.tenant_of`): a keyed hash, never the secret itself.
@@ -283,7 +279,7 @@ class CacheLayer:
                     await self.store(key, Entry.of_stream(key, chunks, ttl), ttl)
 
                 return record(result, started, store_stream)
-        await self.store(key, Entry.of_completion(key, _without_transport(result), ttl), ttl)
+        await self.store(key, Entry.of_completion(key, result, ttl), ttl)
         return result
 
     def _serve(self, entry: Entry, tier: str, request: ChatRequest, ctl: CacheControls) -> Result:
@@ -293,8 +289,9 @@ class CacheLayer:
             if pace == "merged":  # two chunks rebuilt from the entry's JSON, not the ~150 recorded ones
                 return replay((), pace, info=info, merged=entry.merged)
             return replay(entry.chunks, pace, info=info)
-        assert entry.completion is not None
-        return fresh_copy(entry.completion)
+        completion = entry.completion  # rebuilt from the entry's JSON: the caller's own
+        assert completion is not None
+        return completion
 
     # -- tiers ---------------------------------------------------------------------------------------------
 
@@ -468,58 +465,4 @@ class CacheLayer:
                 log.info("closing cache tier %s: %s", tier.name, error)
 
 
-_new_object = object.__new__
-_set_slot = object.__setattr__
-
-
-def _shallow(model: M) -> M:
-    """A shallow copy of a pydantic model without validation (pydantic's `model_copy` costs twice as much).
-
-    The fields-set and private state are shared with the original: assigning a field adds its name to the set,
-    which only affects `exclude_unset` dumps of a field that is set in both anyway.
-    """
-    new = _new_object(model.__class__)
-    _set_slot(new, "__dict__", model.__dict__.copy())
-    _set_slot(new, "__pydantic_fields_set__", model.__pydantic_fields_set__)
-    extra = model.__pydantic_extra__
-    _set_slot(new, "__pydantic_extra__", extra.copy() if extra else extra)
-    _set_slot(new, "__pydantic_private__", model.__pydantic_private__)
-    return new
-
-
-#: What a transport hangs on a completion about its own response (`OpenAITransport`, `LeanTransport`): not part of
-#: the answer (a hit must not look like it came with fresh rate-limit headers), and a cached entry would keep the
-#: response's header maps alive with it. The `_request_id` stays: the SDK's models have one.
-_TRANSPORT_ATTRS = ("_headers", "_ratelimit")
-
-
-def _without_transport(completion: ChatCompletion) -> ChatCompletion:
-    """The completion to keep in the cache: the caller's own object minus its transport's attributes."""
-    fields = completion.__dict__
-    if not any(name in fields for name in _TRANSPORT_ATTRS):
-        return completion
-    kept = _shallow(completion)
-    for name in _TRANSPORT_ATTRS:
-        kept.__dict__.pop(name, None)
-    return kept
-
-
-def fresh_copy(completion: ChatCompletion) -> ChatCompletion:
-    """A copy whose choices, messages and usage are the caller's own (a few µs; a deep copy costs 15-30 µs).
-
-    Enough that a caller editing its answer (text, usage) cannot change what the next hit returns.
-    """
-    new = _shallow(completion)
-    fields = new.__dict__
-    choices = []
-    for choice in completion.choices:
-        copied = _shallow(choice)
-        copied.__dict__["message"] = _shallow(choice.message)
-        choices.append(copied)
-    fields["choices"] = choices
-    if completion.usage is not None:
-        fields["usage"] = _shallow(completion.usage)
-    return new
-
-
-__all__ = ["NO_CONTROLS", "CacheControls", "CacheLayer", "CacheStats", "TierStats", "fresh_copy", "tenant_hash"]
+__all__ = ["NO_CONTROLS", "CacheControls", "CacheLayer", "CacheStats", "TierStats", "tenant_hash"]
