@@ -17,6 +17,7 @@ from labkit.layers.admission import (
     TokenBucket,
     estimate_tokens,
     parse_duration,
+    ratelimit_headers,
     token_bound,
 )
 from labkit.layers.ratelimit_redis import RedisBudget
@@ -103,6 +104,23 @@ def test_sync_reads_the_services_bucket_size_from_remaining_and_reset():
     budget.sync(sim_headers(1200, 60_000, 0.5, used_requests=4, used_tokens=200))
     assert budget.requests.capacity == pytest.approx(1200 * 0.5 / 60, abs=0.1)
     assert budget.tokens.capacity == pytest.approx(60_000 * 0.5 / 60, abs=1)
+
+
+RATE_HEADERS = [
+    ("Content-Type", "application/json"),
+    ("X-RateLimit-Limit-Requests", "600"),
+    ("x-ratelimit-remaining-tokens", "29000"),
+    ("x-request-id", "req_1"),
+]
+
+
+@pytest.mark.parametrize("kind", ["httpx", "httpx2", "dict"])
+def test_the_rate_limit_headers_are_picked_out_with_lower_case_names(kind):
+    import httpx
+    import httpx2
+
+    headers = {"httpx": httpx.Headers, "httpx2": httpx2.Headers, "dict": dict}[kind](RATE_HEADERS)
+    assert ratelimit_headers(headers) == {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-tokens": "29000"}
 
 
 def test_malformed_rate_limit_headers_are_ignored():

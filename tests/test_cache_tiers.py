@@ -92,6 +92,30 @@ def test_a_stream_read_back_from_a_blob_keeps_a_handful_of_objects_too():
     assert objects_kept_per_entry(lambda key: decode(blob)) <= 10
 
 
+def test_a_cached_completion_keeps_a_handful_of_objects_not_its_pydantic_models():
+    # a completion's models are ~25 objects, kept for every miss, that every full collection walks
+    assert objects_kept_per_entry(lambda key: Entry.of_completion(key, completion(), 60)) <= 5
+
+
+def test_a_completion_read_back_from_a_blob_keeps_a_handful_of_objects_too():
+    blob = entry().blob
+    assert objects_kept_per_entry(lambda key: decode(blob)) <= 5
+
+
+def test_a_completion_entry_hands_each_caller_its_own_copy():
+    cached = Entry.of_completion("k", completion(), 60)
+    first, second = cached.completion, cached.completion
+    assert first == second == completion() and first is not second
+    first.choices[0].message.content = "edited"
+    assert cached.completion == completion()
+
+
+def test_a_completion_entry_keeps_none_of_its_transports_attributes():
+    answer = completion()
+    answer._headers = {"x-ratelimit-remaining-requests": "9"}  # what OpenAITransport hangs on its answers
+    assert "_headers" not in Entry.of_completion("k", answer, 60).completion.__dict__
+
+
 def test_a_stream_entry_replays_the_chunks_it_recorded():
     recorded = recorded_stream(20)
     entry = Entry.of_stream("s", recorded, 60)
