@@ -69,6 +69,9 @@ class _Flight:
         self.stream = stream
         self.seats = 0
         self.task: asyncio.Task[Any] | None = None
+        # plain only: one future per waiter, resolved by the flight's task when the call ends (a waiter that leaves
+        # cancels its own future only)
+        self.waiters: list[asyncio.Future[ChatCompletion]] = []
         # streams only (a plain flight only needs its task)
         if stream:
             self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -175,27 +178,43 @@ class SingleFlight:
 
     # -- plain requests ------------------------------------------------------------------------------------
 
-    async def _run_plain(self, flight: _Flight, request: ChatRequest, call_next: Handler) -> ChatCompletion:
+    async def _run_plain(self, flight: _Flight, request: ChatRequest, call_next: Handler) -> None:
+        """Make the call and hand its outcome to every waiter still there (the task itself ends quietly).
+
+        Each waiter awaits a future of its own, set here: `asyncio.shield` over the task did the same job with
+        two more callbacks, and so two more turns of the event loop, per request (`python -m
+        labkit.lessons.overhead --layers`)."""
         try:
             result = await call_next(request)
             if isinstance(result, ChunkStream):  # a lower layer may answer from a recorded stream
                 result = await result.collect()
-            return result
         except asyncio.CancelledError:
             self.stats.upstream_cancelled += 1
-            raise
-        except BaseException:
-            self.stats.upstream_errors += 1
-            raise
-        finally:
             self._forget(flight)
+            for waiter in flight.waiters:
+                waiter.cancel()
+            raise
+        except BaseException as error:
+            self.stats.upstream_errors += 1
+            self._forget(flight)
+            for waiter in flight.waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    waiter.exception()  # retrieved: a waiter cancelled meanwhile need not see it
+            return
+        self._forget(flight)
+        for waiter in flight.waiters:
+            if not waiter.done():
+                waiter.set_result(result)
 
     async def _join_plain(self, flight: _Flight, leader: bool) -> ChatCompletion:
         assert flight.task is not None
         seat = _Seat()
         flight.seats += 1
+        waiter: asyncio.Future[ChatCompletion] = asyncio.get_running_loop().create_future()
+        flight.waiters.append(waiter)
         try:
-            result: ChatCompletion = await asyncio.shield(flight.task)
+            result = await waiter
         finally:
             self._leave(flight, seat)
         if leader or not self.copy_results:
