@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import statistics
@@ -83,6 +84,7 @@ def _request(i: int, stream: bool = False) -> ChatRequest:
 
 async def _sequential(chain: Chain, requests: list[ChatRequest]) -> float:
     """µs per request, one request at a time."""
+    gc.collect()  # each figure pays for its own garbage, not for the previous one's
     t0 = time.perf_counter()
     for request in requests:
         await chain(request)
@@ -91,6 +93,7 @@ async def _sequential(chain: Chain, requests: list[ChatRequest]) -> float:
 
 async def _bursts(chain: Chain, offset: int, bursts: int, burst: int) -> float:
     """µs per request, `bursts` rounds of `burst` identical concurrent requests."""
+    gc.collect()
     t0 = time.perf_counter()
     for b in range(bursts):
         same = _request(offset + b)
@@ -100,6 +103,7 @@ async def _bursts(chain: Chain, offset: int, bursts: int, burst: int) -> float:
 
 async def _fanout(chain: Chain, readers: int, offset: int, rounds: int = 20) -> float:
     """µs per chunk per reader, `rounds` streams each read by `readers` callers."""
+    gc.collect()
     t0 = time.perf_counter()
     for j in range(rounds):
         streams = await asyncio.gather(*(chain(_request(offset + j, stream=True)) for _ in range(readers)))
@@ -117,6 +121,7 @@ async def bench(n: int = 5000, burst: int = 100, waiters: int = 10, repeats: int
         sf_requests = [_request(base + n + i) for i in range(n)]
         results["sf"].append(await _sequential(Chain(_upstream, [SingleFlight()]), sf_requests))
         fresh = [_request(base + 2 * n + i) for i in range(n)]
+        gc.collect()
         t0 = time.perf_counter()
         for request in fresh:
             _ = request.key
