@@ -35,13 +35,14 @@ import openai
 try:  # the SDK's own fork of httpx (openai >= 3); its transport errors are wrapped by the SDK, but not always
     import httpx2 as _httpx2
 
-    _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, _httpx2.TransportError)
+    TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, _httpx2.TransportError)
 except ImportError:  # pragma: no cover - older SDKs use httpx itself
-    _TRANSPORT_ERRORS = (httpx.TransportError,)
+    TRANSPORT_ERRORS = (httpx.TransportError,)
 
 __all__ = [
     "PERMANENT_STATUSES",
     "RETRYABLE_STATUSES",
+    "TRANSPORT_ERRORS",
     "CircuitOpenError",
     "DeadlineExceeded",
     "ErrorInfo",
@@ -247,7 +248,7 @@ def classify(error: BaseException) -> ErrorInfo:
         return _status_info(error)
     if isinstance(error, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
         return ErrorInfo("timeout", True, "timeout", counts_against_endpoint=True)
-    if isinstance(error, (openai.APIConnectionError, ConnectionError, *_TRANSPORT_ERRORS)):
+    if isinstance(error, (openai.APIConnectionError, ConnectionError, *TRANSPORT_ERRORS)):
         return ErrorInfo("connection", True, "connection error", counts_against_endpoint=True)
     if isinstance(error, openai.APIError):  # an SSE error event or an unparsable response, no status
         return ErrorInfo("mid_stream", True, "error event before any text", counts_against_endpoint=True)

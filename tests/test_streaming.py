@@ -152,6 +152,36 @@ async def test_dropped_connection_is_a_mid_stream_error_with_partial_text(fresh_
     assert fresh_sim.stats()["dropped_connections"] == 1
 
 
+def _words(*texts: str):
+    from openai.types.chat import ChatCompletionChunk
+
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o"}
+    delta = [{"index": 0, "delta": {"content": text}, "finish_reason": None} for text in texts]
+    return [ChatCompletionChunk.model_validate({**head, "choices": [d]}) for d in delta]
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+async def test_a_transport_error_of_either_httpx_mid_stream_is_a_dropped_stream(library):
+    # the SDK's transport is httpx's fork httpx2: its errors are not httpx's, and may surface unwrapped mid-stream
+    import importlib
+
+    from labkit.stream import ChunkStream
+
+    error = importlib.import_module(library).ReadError("connection reset")
+
+    async def upstream(request):
+        async def chunks():
+            for chunk in _words("Hello, ", "wor"):
+                yield chunk
+            raise error
+
+        return ChunkStream(chunks())
+
+    outcome = await consume(lambda: Chain(upstream, [StreamGuard()]).stream(PROMPT, model="gpt-4o"), messages=PROMPT)
+    assert isinstance(outcome.error, MidStreamError) and outcome.error.kind == "dropped"
+    assert outcome.error.partial_text == "Hello, wor" and outcome.error.__cause__ is error
+
+
 async def test_errors_before_the_stream_starts_are_left_as_they_are(fast_transport):
     chain = Chain(fast_transport, [StreamGuard()])
     with pytest.raises(openai.NotFoundError):

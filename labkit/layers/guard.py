@@ -13,12 +13,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import httpx
 import openai
 from openai.types.chat import ChatCompletionChunk
 
 from labkit.chain import Handler, Result
-from labkit.errors import FirstTokenTimeout, MidStreamError, StreamError, StreamTimeout
+from labkit.errors import TRANSPORT_ERRORS, FirstTokenTimeout, MidStreamError, StreamError, StreamTimeout
 from labkit.request import ChatRequest
 from labkit.stream import chunk_text
 
@@ -127,7 +126,7 @@ class StreamGuard:
             raise
         except openai.APIConnectionError as error:  # also APITimeoutError: the SDK wraps httpx's errors
             raise self._broken("dropped", error, parts, start, loop) from error
-        except (httpx.TransportError, ConnectionError) as error:
+        except (*TRANSPORT_ERRORS, ConnectionError) as error:  # httpx's and the SDK's fork's
             raise self._broken("dropped", error, parts, start, loop) from error
         except openai.APIError as error:  # an SSE `data: {"error": ...}` event
             raise self._broken("error_event", error, parts, start, loop) from error

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -23,7 +23,7 @@ from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 from labkit.transports.pool import ClientPool
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)  # the SDK's own httpx fork: newer ones refuse httpx's
 
 
 class OpenAITransport:
@@ -35,7 +35,7 @@ class OpenAITransport:
         *,
         client: AsyncOpenAI | None = None,
         max_retries: int = 0,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: float | httpx2.Timeout = DEFAULT_TIMEOUT,
         http_client: Any = None,
         pool: ClientPool | None = None,
     ) -> None:
