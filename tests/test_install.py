@@ -156,6 +156,45 @@ def test_readme_app_example_runs_in_a_fresh_venv(fresh_python: Path, fresh_sim: 
     assert run.stdout == "".join(f"{answer}\n" for answer in answers)
 
 
+SDK_CHAIN = """
+import asyncio
+from labkit.assemble import ChainConfig, build_chain
+from labkit.chain import Chain
+from labkit.endpoint import Endpoint
+from labkit.transports.sdk import OpenAITransport
+
+async def main():
+    async with build_chain(ChainConfig(lean=False), Endpoint.from_env()) as built:  # the SDK on the shared pool
+        answer = await built.chain.complete("Say hi.", model="gpt-4o", max_tokens=8, temperature=0)
+        print(answer.choices[0].message.content)
+    async with OpenAITransport(Endpoint.from_env()) as transport:  # the SDK on a client of its own
+        answer = await Chain(transport).complete("Say hi.", model="gpt-4o", max_tokens=8, temperature=0)
+        print(answer.choices[0].message.content)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.install
+@pytest.mark.timeout(900)
+def test_the_sdk_transport_works_with_the_releases_pip_resolves_today(
+    fresh_python: Path, fresh_sim: SimService, tmp_path: Path
+) -> None:
+    # The lab pins requirements.txt; `pip install .` takes the newest openai/httpx2 its ranges allow (openai 3.63
+    # refused the httpx Timeout an `OpenAITransport` with a client of its own once passed it; the pool's was fine):
+    # the official SDK must answer both ways.
+    run = subprocess.run(
+        [str(fresh_python), "-c", SDK_CHAIN],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(OPENAI_BASE_URL=fresh_sim.base_url, OPENAI_API_KEY=fresh_sim.api_key),
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert len(run.stdout.split("\n")) == 3 and all(run.stdout.split("\n")[:2])
+
+
 LIBRARY_IMPORTS = """
 import importlib, pkgutil, sys
 import labkit
