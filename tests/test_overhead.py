@@ -37,6 +37,7 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(report):
             cpu["default_chain_without_semantic"] / cpu["bare"], abs=0.01
         )
         assert figures["meets_target"] == (figures["ratio_without_semantic"] <= report["target_ratio"])
+        assert len(figures["ratio_without_semantic_per_round"]) == report["rounds"]
 
 
 @pytest.mark.timeout(180)
