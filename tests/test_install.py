@@ -109,6 +109,20 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
+def run_against(python: Path, sim: SimService, folder: Path, program: str) -> subprocess.CompletedProcess[str]:
+    """Run `program` with the fresh venv's python, its endpoint in OPENAI_BASE_URL and OPENAI_API_KEY."""
+    script = folder / "app.py"
+    script.write_text(program, encoding="utf-8")
+    return subprocess.run(
+        [str(python), str(script)],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=clean_env(OPENAI_BASE_URL=sim.base_url, OPENAI_API_KEY=sim.api_key),
+        timeout=120,
+    )
+
+
 def requests_of(program: str) -> list[tuple[str, str, dict[str, object]]]:
     """(method, prompt, literal keyword arguments) of each `.complete(...)` / `.stream(...)` call, in order."""
     calls = []
@@ -132,16 +146,7 @@ def test_readme_app_example_runs_in_a_fresh_venv(fresh_python: Path, fresh_sim: 
     assert all(params.get("temperature") == 0 or "seed" in params for _, _, params in calls), (
         "the simulated service repeats an answer only at temperature 0 or with a seed: this test asks it again"
     )
-    script = tmp_path / "app.py"
-    script.write_text(program, encoding="utf-8")
-    run = subprocess.run(
-        [str(fresh_python), str(script)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(OPENAI_BASE_URL=fresh_sim.base_url, OPENAI_API_KEY=fresh_sim.api_key),
-        timeout=120,
-    )
+    run = run_against(fresh_python, fresh_sim, tmp_path, program)
     assert run.returncode == 0, run.stderr[-4000:]
     # The simulated service answers the same reproducible request with the same text: ask it directly for both.
     client = OpenAI(base_url=fresh_sim.base_url, api_key=fresh_sim.api_key, max_retries=0)
@@ -183,14 +188,7 @@ def test_the_sdk_transport_works_with_the_releases_pip_resolves_today(
     # The lab pins requirements.txt; `pip install .` takes the newest openai/httpx2 its ranges allow (openai 3.63
     # refused the httpx Timeout an `OpenAITransport` with a client of its own once passed it; the pool's was fine):
     # the official SDK must answer both ways.
-    run = subprocess.run(
-        [str(fresh_python), "-c", SDK_CHAIN],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(OPENAI_BASE_URL=fresh_sim.base_url, OPENAI_API_KEY=fresh_sim.api_key),
-        timeout=120,
-    )
+    run = run_against(fresh_python, fresh_sim, tmp_path, SDK_CHAIN)
     assert run.returncode == 0, run.stderr[-4000:]
     assert len(run.stdout.split("\n")) == 3 and all(run.stdout.split("\n")[:2])
 
