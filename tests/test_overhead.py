@@ -11,6 +11,7 @@ import json
 import pytest
 from conftest import run_module
 
+from labkit.lessons import overhead
 from labkit.lessons.overhead import MEASURED_LAYERS
 
 ARMS = {"bare", "default_chain", "default_chain_without_semantic"}
@@ -26,7 +27,7 @@ def report(tmp_path_factory):
 
 @pytest.mark.timeout(180)
 def test_the_overhead_bench_writes_both_ratios_per_transport(report):
-    assert report["benchmark"] == "overhead" and report["target_ratio"] == 1.10
+    assert report["benchmark"] == "overhead" and report["target_ratio"] == 1.10 and report["switched_off"] == []
     for kind in ("lean", "sdk"):
         figures = report[kind]
         cpu = figures["cpu_per_request_ms"]
@@ -45,3 +46,18 @@ def test_the_overhead_bench_measures_every_layer_over_the_stub(report):
     layers = report["layers_over_stub"]
     assert set(layers["alone_over_none_us"]) == set(MEASURED_LAYERS)
     assert layers["chain_of_none_us"] > 0 and layers["all_over_none_us"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_the_overhead_bench_switches_off_what_it_is_told_and_says_so(tmp_path):
+    out = tmp_path / "overhead.json"
+    args = ["--bench", "--without", "dedup", "hedge", "--requests", "10", "--rounds", "1", "--out", str(out)]
+    run_module("labkit.lessons.overhead", *args, timeout=170)
+    report = json.loads(out.read_text())
+    assert report["switched_off"] == ["dedup", "hedge"]
+    assert all(report[kind]["ratio_without_semantic"] > 0 for kind in ("lean", "sdk"))
+
+
+def test_the_overhead_bench_refuses_a_switch_it_does_not_know():
+    with pytest.raises(SystemExit):
+        overhead.main(["--bench", "--without", "dedupe"])

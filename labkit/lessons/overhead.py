@@ -12,6 +12,8 @@ is walked by every full collection, a cost no profile attributes to the code tha
 CPU per request, the default chain's, and their ratio (target: at most 1.10 without the semantic cache, whose
 embedding is a separate, reported cost: it is what a semantic lookup needs, not overhead of the chain).
 
+`--without dedup hedge` switches layers off in the measured chains: what the ratio would be without them.
+
 `--layers` adds each layer's own CPU per request, measured over an in-process stub transport that answers at once
 (no HTTP, no simulated service): every layer switched on alone over a chain with none, and all of them together.
 Over the stub the figures are stable to about a microsecond, where the end-to-end ratio moves by a few percent from
@@ -103,16 +105,22 @@ async def cpu_and_collector(
 
 
 async def measure(
-    endpoint: Endpoint, *, requests: int, rounds: int, concurrency: int, max_tokens: int
+    endpoint: Endpoint,
+    *,
+    requests: int,
+    rounds: int,
+    concurrency: int,
+    max_tokens: int,
+    without: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Bare transport vs the default chain (with and without the semantic cache), per transport kind."""
+    """Bare transport vs the default chain (with and without the semantic cache), per transport kind.
+
+    `without` switches layers off in both chains: what the ratio would be without them (an ablation of the cost)."""
     results: dict[str, Any] = {}
     for kind in ("lean", "sdk"):
         bare = LeanTransport(endpoint) if kind == "lean" else OpenAITransport(endpoint)
-        configs = {
-            "default_chain": ChainConfig(lean=kind == "lean"),
-            "default_chain_without_semantic": ChainConfig(lean=kind == "lean").without("semantic"),
-        }
+        chain = ChainConfig(lean=kind == "lean").without(*without)
+        configs = {"default_chain": chain, "default_chain_without_semantic": chain.without("semantic")}
         chains = {name: build_chain(config, endpoint) for name, config in configs.items()}
         arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]] = {"bare": bare}
         arms.update({name: built.chain for name, built in chains.items()})
@@ -208,6 +216,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             rounds=args.rounds,
             concurrency=args.concurrency,
             max_tokens=args.max_tokens,
+            without=tuple(args.without),
         )
     if args.layers:
         results["layers_over_stub"] = await layer_costs(
@@ -220,6 +229,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "requests_per_round": args.requests,
         "rounds": args.rounds,
         "concurrency": args.concurrency,
+        "switched_off": list(args.without),
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
         **results,
     }
@@ -233,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--layers", action="store_true", help="also each layer's CPU over a stub transport")
+    parser.add_argument(
+        "--without", nargs="+", default=[], choices=MEASURED_LAYERS, metavar="SWITCH",
+        help=f"switch these layers off in the measured chains (an ablation): {', '.join(MEASURED_LAYERS)}",
+    )  # fmt: skip
     parser.add_argument("--out", default="build/bench/overhead.json")
     args = parser.parse_args(argv)
     if not args.bench:
