@@ -93,7 +93,7 @@ def test_a_stream_read_back_from_a_blob_keeps_a_handful_of_objects_too():
 
 
 def test_a_cached_completion_keeps_a_handful_of_objects_not_its_pydantic_models():
-    # a completion's models are ~25 objects, kept for every miss, that every full collection walks
+    # a completion's models were 12 objects per entry, kept for every miss, that every full collection walks
     assert objects_kept_per_entry(lambda key: Entry.of_completion(key, completion(), 60)) <= 5
 
 

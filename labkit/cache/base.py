@@ -81,7 +81,7 @@ class Entry:
 
     An entry keeps its answer as JSON (bytes), not as pydantic objects: bytes are one object the garbage collector
     never walks. A stream's ~150 chunks were ~1,500 objects per cached answer that every full collection walked (the
-    capstone's p95 TTFT was set by hits that arrived during those pauses), and a completion's ~25 objects, kept for
+    capstone's p95 TTFT was set by hits that arrived during those pauses), and a completion's dozen objects, kept for
     every miss, were most of the collector's work on a cache miss (`python -m labkit.lessons.overhead` reports the
     collector's share of each arm's CPU). `completion` rebuilds a completion for each caller (about 6 µs, 3 µs more
     than copying kept objects; the JSON costs about 3.5 µs to write); a stream keeps its chunks' arrival times as
