@@ -83,11 +83,11 @@ class Entry:
     never walks. A stream's ~150 chunks were ~1,500 objects per cached answer that every full collection walked (the
     capstone's p95 TTFT was set by hits that arrived during those pauses), and a completion's dozen objects, kept for
     every miss, were most of the collector's work on a cache miss (`python -m labkit.lessons.overhead` reports the
-    collector's share of each arm's CPU). `completion` rebuilds a completion for each caller (about 6 µs, 3 µs more
-    than copying kept objects; the JSON costs about 3.5 µs to write); a stream keeps its chunks' arrival times as
-    one tuple of floats, and `chunks` rebuilds them
-    in one pydantic call when a replay asks, and shares them with the replays still in flight (a weak reference:
-    the entry itself keeps none); `merged` keeps its two chunks as JSON too. The price is CPU on a replay of every
+    collector's share of each arm's CPU). `completion` rebuilds a completion for each caller, a few µs more than
+    copying kept objects (`python -m labkit.lessons.cache --bench` measures the hit). A stream keeps its chunks'
+    arrival times as one tuple of floats, and `chunks` rebuilds them in one pydantic call when a replay asks, and
+    shares them with the replays still in flight (a weak reference: the entry itself keeps none); `merged` keeps its
+    two chunks as JSON too. The price is CPU on a replay of every
     chunk: an instant or paced replay rebuilds every chunk (an order of magnitude more CPU than handing out kept
     objects), while a merged replay (the default chain's) rebuilds two.
     """
