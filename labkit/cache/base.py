@@ -119,7 +119,7 @@ class Entry:
         else:
             assert completion is not None
             self._times, self._json = (), _COMPLETION.to_json(completion, exclude_unset=True, warnings=False)
-            self._weight = len(self._json) + len(key) + _ENVELOPE
+            self._weight = _json_weight(key, self._json)
 
     @classmethod
     def _stored(
@@ -137,7 +137,7 @@ class Entry:
         entry.key, entry.kind, entry.created_at, entry.expires_at = key, kind, created_at, expires_at
         entry._merged, entry._blob, entry._live = None, None, None
         entry._times, entry._json = times, data_json
-        entry._weight = weight if weight is not None else len(data_json) + len(key) + _ENVELOPE
+        entry._weight = weight if weight is not None else _json_weight(key, data_json)
         return entry
 
     @classmethod
@@ -206,6 +206,11 @@ class Entry:
         """About `size`, without encoding the envelope: a completion's JSON, or a stream's texts' UTF-8 bytes plus a
         fixed framing per chunk. What an in-process tier bounds its bytes by."""
         return self._weight
+
+
+def _json_weight(key: str, data_json: bytes) -> int:
+    """An entry's stored size without encoding it: its answer's JSON plus the envelope around it."""
+    return len(data_json) + len(key) + _ENVELOPE
 
 
 def _stream_weight(chunks: Iterable[ChatCompletionChunk]) -> int:

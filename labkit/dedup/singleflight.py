@@ -184,28 +184,29 @@ class SingleFlight:
         Each waiter awaits a future of its own, set here: `asyncio.shield` over the task did the same job with
         two more callbacks, and so two more turns of the event loop, per request (`python -m
         labkit.lessons.overhead --layers`)."""
+        result: ChatCompletion | None = None
+        error: BaseException | None = None
         try:
-            result = await call_next(request)
-            if isinstance(result, ChunkStream):  # a lower layer may answer from a recorded stream
-                result = await result.collect()
+            answer = await call_next(request)
+            result = await answer.collect() if isinstance(answer, ChunkStream) else answer  # a recorded stream
         except asyncio.CancelledError:
             self.stats.upstream_cancelled += 1
             self._forget(flight)
             for waiter in flight.waiters:
                 waiter.cancel()
             raise
-        except BaseException as error:
+        except BaseException as failure:
             self.stats.upstream_errors += 1
-            self._forget(flight)
-            for waiter in flight.waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
-                    waiter.exception()  # retrieved: a waiter cancelled meanwhile need not see it
-            return
+            error = failure
         self._forget(flight)
         for waiter in flight.waiters:
-            if not waiter.done():
-                waiter.set_result(result)
+            if waiter.done():  # its caller left
+                continue
+            if error is None:
+                waiter.set_result(result)  # type: ignore[arg-type]
+            else:
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: a waiter cancelled meanwhile need not see it
 
     async def _join_plain(self, flight: _Flight, leader: bool) -> ChatCompletion:
         assert flight.task is not None
