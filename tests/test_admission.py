@@ -296,3 +296,27 @@ def test_a_budget_near_its_limit_is_charged_the_exact_count():
     request = ChatRequest.create("gpt-4o", "Name one use of the number 7.", max_tokens=16)
     layer = AdmissionLayer(1200, 60_000)  # a request is more than 1 % of this token bucket
     assert layer._estimate(request) == estimate_tokens(request) < token_bound(request)
+
+
+async def test_a_newcomer_with_room_still_queues_behind_a_request_waiting_for_the_budget():
+    # 10,000 tokens a second, about 1,940 in the bucket: the second request waits ~0.1 s for room, and the third,
+    # small enough to fit at once, must not overtake it (the layer's no-await fast path is for an empty queue only)
+    layer = AdmissionLayer(budget=LocalBudget(rpm=1e6, tpm=600_000, burst_s=0.2))
+    arrived: list[int] = []
+    all_arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def upstream(request: ChatRequest) -> None:
+        arrived.append(request.params["max_tokens"])
+        if len(arrived) == 3:
+            all_arrived.set()
+        await release.wait()
+
+    chain = Chain(upstream, [layer])
+    sent = []
+    for max_tokens in (1000, 1800, 10):
+        sent.append(asyncio.create_task(chain(ChatRequest.create("gpt-4o", "a", max_tokens=max_tokens))))
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(all_arrived.wait(), timeout=10)
+    release.set()
+    await asyncio.gather(*sent, return_exceptions=True)
+    assert arrived == [1000, 1800, 10]

@@ -189,6 +189,10 @@ class LocalBudget:
         self._epoch = 0
 
     async def try_acquire(self, tokens: int) -> float:
+        return self.try_acquire_now(tokens)
+
+    def try_acquire_now(self, tokens: int) -> float:
+        """`try_acquire` without an await (an optional method of a budget): the admission layer's fast path."""
         wait = max(self.requests.wait_time(1), self.tokens.wait_time(tokens))
         if wait == 0:
             self.requests.take(1)
@@ -350,6 +354,8 @@ class AdmissionLayer:
         self.max_poll_s = max_poll_s
         self._slots = asyncio.Semaphore(max_concurrency)
         self._queue = asyncio.Lock()  # FIFO: asyncio's lock wakes waiters in arrival order
+        self._queued = 0  # requests in `_wait_for_budget`: while any is, a newcomer queues behind them
+        self._take_now: Callable[[int], float] | None = getattr(budget, "try_acquire_now", None)
         self._paused_until = 0.0
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
@@ -396,15 +402,26 @@ class AdmissionLayer:
         return estimate_tokens(request, self.default_completion)
 
     async def _wait_for_budget(self, estimate: int) -> None:
-        """Queue in arrival order; the head waits until the budget covers it (refunds may shorten the wait)."""
+        """Queue in arrival order; the head waits until the budget covers it (refunds may shorten the wait).
+
+        With nobody queued, no pause and a budget in this process, a request with room is admitted without an
+        await (the lock and the budget's coroutine were most of this layer's CPU on an admission that waits for
+        nothing)."""
         t0 = time.monotonic()
-        async with self._queue:
-            while True:
-                pause = self._paused_until - time.monotonic()  # a 429 told everyone to back off
-                wait = pause if pause > 0 else await self.budget.try_acquire(estimate)
-                if wait <= 0:
-                    break
-                await asyncio.sleep(min(wait, self.max_poll_s))
+        take_now = self._take_now
+        if not self._queued and self._paused_until <= t0 and take_now is not None and take_now(estimate) <= 0:
+            return
+        self._queued += 1
+        try:
+            async with self._queue:
+                while True:
+                    pause = self._paused_until - time.monotonic()  # a 429 told everyone to back off
+                    wait = pause if pause > 0 else await self.budget.try_acquire(estimate)
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(min(wait, self.max_poll_s))
+        finally:
+            self._queued -= 1
         self.stats.waited_s += time.monotonic() - t0
 
     async def _settle(self, estimate: int, used: int | None, headers: Mapping[str, str] | None, ticket: int) -> None:

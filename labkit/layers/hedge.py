@@ -223,7 +223,9 @@ class HedgeLayer:
             task.uncancel()
         if race.secondary is not None:
             self.stats.primary_won += 1
-        await self._stop(race)
+            await self._stop(race)
+        elif race.timer is not None:  # the common end: no hedge started, only its timer to cancel (no await)
+            race.timer.cancel()
         return self._keep(outcome)
 
     async def _stop(self, race: _Race) -> None:

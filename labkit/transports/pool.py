@@ -137,8 +137,14 @@ class ClientPool:
 
     def _entry(self, endpoint: Endpoint) -> _Entry:
         loop = asyncio.get_running_loop()  # clients belong to a loop: refuse to make one outside it
-        per_loop = self._loops.setdefault(loop, {})
-        return per_loop.setdefault((endpoint.base_url, endpoint.api_key), _Entry())
+        per_loop = self._loops.get(loop)
+        if per_loop is None:
+            per_loop = self._loops[loop] = {}
+        key = (endpoint.base_url, endpoint.api_key)
+        entry = per_loop.get(key)  # every request asks: no `setdefault`, which builds a new `_Entry` each time
+        if entry is None:
+            entry = per_loop[key] = _Entry()
+        return entry
 
     def _verify(self) -> ssl.SSLContext | bool:
         if self._ssl is None:
