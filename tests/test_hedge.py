@@ -5,6 +5,7 @@ import asyncio
 import gc
 
 import pytest
+from openai.types.chat import ChatCompletion
 
 from labkit.chain import Chain
 from labkit.lab.services import start_sim
@@ -125,3 +126,42 @@ def test_the_sample_window_keeps_the_percentile_of_its_last_samples():
     window.extend(values)
     assert len(window) == 50 and list(window) == values[-50:]
     assert window.percentile(95) == percentile(values[-50:], 95)
+
+
+class FirstListed:
+    """A strategy that always picks the first candidate: only `avoid_endpoints` can send a hedge elsewhere."""
+
+    name = "first_listed"
+
+    def choose(self, backends, rng):
+        return backends[0]
+
+
+@pytest.mark.parametrize("caller_log", [True, False], ids=["under a caller's route log", "alone"])
+async def test_the_hedge_avoids_the_endpoint_the_primary_went_to(caller_log):
+    went: list[str] = []
+
+    async def hangs(request):
+        went.append("first")
+        await asyncio.Event().wait()
+
+    async def answers(request):
+        went.append("second")
+        return ChatCompletion.model_validate(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": request.model,
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+            }
+        )
+
+    hedge = HedgeLayer(delay_s=0.01)
+    balancer = Balancer([Backend("first", hangs), Backend("second", answers)], FirstListed())
+    log: list[str] = []
+    controls = {"route_log": log} if caller_log else {}
+    answer = await Chain(balancer, [hedge]).complete("hi", model="gpt-4o", controls=controls)
+    assert answer.choices[0].message.content == "ok" and went == ["first", "second"]
+    assert hedge.stats.hedge_won == 1
+    assert log == (["first", "second"] if caller_log else [])

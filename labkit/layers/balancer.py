@@ -223,6 +223,13 @@ class Balancer:
 
     def candidates(self, avoid: Sequence[str] = ()) -> list[Backend]:
         """The backends a request may go to now, best group first (see the module docstring, step 2)."""
+        if len(self.backends) == 1:  # one endpoint (the default chain's): no groups to build per request
+            only = self.backends[0]
+            if not only.available():
+                return []
+            if only.name in avoid:
+                self.avoided += 1
+            return [only]
         available = [b for b in self.backends if b.available()]
         if not available:
             return []

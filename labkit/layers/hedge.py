@@ -33,7 +33,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from labkit.attempt import until_first_token
 from labkit.chain import Handler, Result
@@ -142,18 +142,28 @@ class HedgeLayer:
         self._tokens = min(self.burst, self._tokens + self.max_share)
         delay = self.delay_s()
         outer_log = request.controls.get("route_log")
-        log_a: list[str] = []
+        if isinstance(outer_log, list):  # the primary notes its endpoints in the caller's log: no copy of the request
+            primary, log_a = request, _Log(outer_log, len(outer_log))
+        else:
+            log_a = _Log([], 0)
+            primary = request.with_controls(route_log=log_a.entries)
         log_b: list[str] = []
         try:
             if delay is None:
-                return self._keep(await _attempt(request.with_controls(route_log=log_a), call_next))
-            return await self._hedged(request, call_next, delay, log_a, log_b)
+                return self._keep(await _attempt(primary, call_next))
+            return await self._hedged(request, primary, call_next, delay, log_a, log_b)
         finally:
-            if isinstance(outer_log, list):
-                outer_log.extend([*log_a, *log_b])
+            if isinstance(outer_log, list) and log_b:
+                outer_log.extend(log_b)
 
     async def _hedged(
-        self, request: ChatRequest, call_next: Handler, delay: float, log_a: list[str], log_b: list[str]
+        self,
+        request: ChatRequest,
+        primary: ChatRequest,
+        call_next: Handler,
+        delay: float,
+        log_a: _Log,
+        log_b: list[str],
     ) -> Result:
         """The primary attempt runs in the caller's own task and a timer starts the secondary as a task at `delay`.
 
@@ -182,14 +192,14 @@ class HedgeLayer:
                 return
             self._tokens -= 1.0
             self.stats.hedged += 1
-            second = request.with_controls(route_log=log_b, avoid_endpoints=[*avoid, *log_a])
+            second = request.with_controls(route_log=log_b, avoid_endpoints=[*avoid, *log_a.picked()])
             race.secondary = loop.create_task(_attempt(second, call_next))
             race.secondary.add_done_callback(secondary_done)
 
         race.timer = loop.call_later(delay, start_secondary)
         cancelling = task.cancelling()
         try:
-            outcome = await _attempt(request.with_controls(route_log=log_a), call_next)
+            outcome = await _attempt(primary, call_next)
         except asyncio.CancelledError:
             race.settled = True
             if race.won and task.uncancel() <= cancelling:  # our own cancellation: the secondary won
@@ -256,6 +266,16 @@ class HedgeLayer:
         result, _ = task.result()
         if isinstance(result, ChunkStream):
             await result.aclose()
+
+
+class _Log(NamedTuple):
+    """Where the primary attempt notes its endpoints: a list, from `start` on (the caller's route log, or its own)."""
+
+    entries: list[str]
+    start: int
+
+    def picked(self) -> list[str]:
+        return self.entries[self.start :]
 
 
 class _Race:
