@@ -20,6 +20,7 @@ import orjson
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
+from labkit.body import completion_json, rebuild
 from labkit.stream import chunk_text, merge_chunks
 
 #: Bump when the stored layout changes: older blobs are then misses (and deleted), never misread.
@@ -64,7 +65,6 @@ class _Replaying(list):  # type: ignore[type-arg]
 
 #: One validator for a list of chunks: pydantic builds (or dumps) all of them in one call, 2-3 µs a chunk.
 _CHUNKS: TypeAdapter[list[ChatCompletionChunk]] = TypeAdapter(list[ChatCompletionChunk])
-_COMPLETION = ChatCompletion.__pydantic_serializer__
 #: `Entry.merged` of an answer that `merge_chunks` returns as recorded (several choices, tool calls, logprobs).
 _UNMERGEABLE = b""
 
@@ -83,13 +83,14 @@ class Entry:
     never walks. A stream's ~150 chunks were ~1,500 objects per cached answer that every full collection walked (the
     capstone's p95 TTFT was set by hits that arrived during those pauses), and a completion's dozen objects, kept for
     every miss, were most of the collector's work on a cache miss (`python -m labkit.lessons.overhead` reports the
-    collector's share of each arm's CPU). `completion` rebuilds a completion for each caller, a few µs more than
-    copying kept objects (`python -m labkit.lessons.cache --bench` measures the hit). A stream keeps its chunks'
-    arrival times as one tuple of floats, and `chunks` rebuilds them in one pydantic call when a replay asks, and
-    shares them with the replays still in flight (a weak reference: the entry itself keeps none); `merged` keeps its
-    two chunks as JSON too. The price is CPU on a replay of every
-    chunk: an instant or paced replay rebuilds every chunk (an order of magnitude more CPU than handing out kept
-    objects), while a merged replay (the default chain's) rebuilds two.
+    collector's share of each arm's CPU). A completion's JSON is the body its transport received, when the transport
+    kept it (`labkit.body`: nothing is encoded on a miss). `completion` rebuilds a completion for each caller, a few
+    µs more than copying kept objects (`python -m labkit.lessons.cache --bench` measures the hit). A stream keeps its
+    chunks' arrival times as one tuple of floats, and `chunks` rebuilds them in one pydantic call when a replay asks,
+    and shares them with the replays still in flight (a weak reference: the entry itself keeps none); `merged` keeps
+    its two chunks as JSON too. The price is CPU on a replay of every chunk: an instant or paced replay rebuilds every
+    chunk (an order of magnitude more CPU than handing out kept objects), while a merged replay (the default chain's)
+    rebuilds two.
     """
 
     __slots__ = ("_blob", "_json", "_live", "_merged", "_times", "_weight",
@@ -118,7 +119,7 @@ class Entry:
             self._weight = _stream_weight(recorded.chunk for recorded in chunks)
         else:
             assert completion is not None
-            self._times, self._json = (), _COMPLETION.to_json(completion, exclude_unset=True, warnings=False)
+            self._times, self._json = (), completion_json(completion)  # as it arrived, when a transport kept it
             self._weight = _json_weight(key, self._json)
 
     @classmethod
@@ -155,7 +156,7 @@ class Entry:
         """A completion entry's answer, rebuilt from its JSON: a new object for every caller (None for a stream)."""
         if self.kind != "completion":
             return None
-        return ChatCompletion.model_validate_json(self._json)
+        return rebuild(self._json)
 
     def ttl_left(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)

@@ -43,6 +43,7 @@ import numpy as np
 from cachetools import LRUCache
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from labkit.body import completion_json, rebuild
 from labkit.cache.embeddings import Embedder, default_embedder
 from labkit.cache.guard import veto
 from labkit.cache.layer import CacheControls
@@ -163,14 +164,11 @@ class _Stored:
     def __init__(self, text: str, completion: ChatCompletion, expires_at: float) -> None:
         self.text = text
         self.expires_at = expires_at
-        self._json: bytes = _COMPLETION_JSON.to_json(completion, exclude_unset=True, warnings=False)
+        self._json: bytes = completion_json(completion)
 
     @property
     def completion(self) -> ChatCompletion:
-        return ChatCompletion.model_validate_json(self._json)
-
-
-_COMPLETION_JSON = ChatCompletion.__pydantic_serializer__
+        return rebuild(self._json)
 
 
 @dataclasses.dataclass

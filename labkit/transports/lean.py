@@ -42,9 +42,9 @@ import aiohttp
 import httpx2
 import openai
 import orjson
-import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from labkit.body import keep_body, lenient_model
 from labkit.durations import parse_duration
 from labkit.endpoint import Endpoint
 from labkit.request import ChatRequest
@@ -124,13 +124,6 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 }
 
 
-def _model(cls: type[Any], data: Any) -> Any:
-    try:
-        return cls.model_validate(data)
-    except pydantic.ValidationError:
-        return cls.construct(**data)  # the SDK's lenient path: never fail where the SDK would not
-
-
 class LeanTransport:
     """`await LeanTransport(endpoint)(request)` -> `ChatCompletion | ChunkStream`, on a pooled aiohttp session."""
 
@@ -157,7 +150,8 @@ class LeanTransport:
         self.last_ratelimit: RateLimitInfo | None = None
 
     def _parse(self, cls: type[Any], data: Any) -> Any:
-        return _model(cls, data) if self.validate else cls.construct(**data)
+        # never fail where the SDK would not: what does not validate is built without validation
+        return lenient_model(cls, data) if self.validate else cls.construct(**data)
 
     async def __call__(self, request: ChatRequest) -> ChatCompletion | ChunkStream:
         session = self.pool.session(self.endpoint)
@@ -194,7 +188,8 @@ class LeanTransport:
                 )
                 resp = None  # the stream owns the response now
                 return stream
-            data = orjson.loads(await resp.read())
+            body = await resp.read()
+            data = orjson.loads(body)
         except TimeoutError as error:
             raise openai.APITimeoutError(request=httpx2.Request("POST", self.url)) from error
         except aiohttp.ClientError as error:
@@ -206,6 +201,7 @@ class LeanTransport:
         completion._request_id = ratelimit.request_id
         completion._ratelimit = ratelimit  # type: ignore[attr-defined]
         completion._headers = headers_in  # type: ignore[attr-defined]  # as OpenAITransport sets it
+        keep_body(completion, body)  # a cache stores it as it came (labkit.body)
         return completion
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[ChatCompletionChunk]:

@@ -18,6 +18,7 @@ import httpx2
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from labkit.body import keep_body
 from labkit.endpoint import Endpoint
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
@@ -80,6 +81,7 @@ class OpenAITransport:
             return ChunkStream(_iterate(upstream), close=upstream.close, info=info)
         completion: ChatCompletion = raw.parse()
         completion._headers = raw.headers
+        keep_body(completion, raw.content)  # a cache stores it as it came (labkit.body)
         return completion
 
     async def aclose(self) -> None:
