@@ -44,16 +44,22 @@ def _normalise(value: Any) -> Any:
 
 def canonical_params(params: Mapping[str, Any], volatile: Iterable[str] = ()) -> dict[str, Any]:
     """The generation parameters that decide the answer, normalised."""
-    skip = VOLATILE_PARAMS.union(volatile)
+    skip = VOLATILE_PARAMS.union(volatile) if volatile else VOLATILE_PARAMS  # no new set per request
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name in skip or value is None:
+        if value is None or name in skip:
             continue
-        value = _normalise(value)
-        if name in API_DEFAULTS and value == API_DEFAULTS[name]:
+        if type(value) not in _PLAIN:  # every request has a few parameters: no call for an int, str or bool
+            value = _normalise(value)
+        default = API_DEFAULTS.get(name, _NO_DEFAULT)
+        if default is not _NO_DEFAULT and value == default:
             continue
         out[name] = value
     return out
+
+
+_PLAIN = frozenset({int, str, bool})  # what `_normalise` returns unchanged (exact types: a subclass is normalised)
+_NO_DEFAULT = object()
 
 
 def canonical_json(

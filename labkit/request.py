@@ -9,14 +9,31 @@ no-cache, TTL, namespace, timeout ...). Keeping the three apart is what lets the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from functools import cached_property
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from labkit.fingerprint import fingerprint
 
 #: Controls that may carry a credential: shown as `***` in a request's repr.
 SECRET_CONTROLS = frozenset({"api_key", "headers"})
+
+T = TypeVar("T")
+
+
+class _computed_once(Generic[T]):  # lower case: a decorator, like the `cached_property` it replaces
+    """`functools.cached_property` without the lock it takes on Python 3.11 (about 1 µs on every request's first
+    read of its fingerprint): computed on first read and kept in the instance's `__dict__`, which then answers."""
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> T:
+        if instance is None:
+            return self  # type: ignore[return-value]
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -62,7 +79,7 @@ class ChatRequest:
             controls=dict(controls or {}),
         )
 
-    @cached_property
+    @_computed_once
     def key(self) -> str:
         """The canonical fingerprint: the one key cache tiers, de-dup and metrics share.
 

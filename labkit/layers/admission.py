@@ -194,9 +194,9 @@ class LocalBudget:
     def try_acquire_now(self, tokens: int) -> float:
         """`try_acquire` without an await (an optional method of a budget): the admission layer's fast path."""
         wait = max(self.requests.wait_time(1), self.tokens.wait_time(tokens))
-        if wait == 0:
-            self.requests.take(1)
-            self.tokens.take(tokens)
+        if wait == 0:  # both buckets were refilled just now: charge them without reading the clock again
+            self.requests.level -= 1
+            self.tokens.level -= tokens
             self._tickets += 1
         return wait
 

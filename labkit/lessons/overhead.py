@@ -33,9 +33,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from openai.types.chat import ChatCompletion
 
 from labkit.assemble import build_chain
+from labkit.body import keep_body
 from labkit.chain_config import SWITCHES, ChainConfig
 from labkit.endpoint import Endpoint
 from labkit.lab.services import start_sim
@@ -162,7 +164,7 @@ async def measure(
 #: transport choices (they are not layers).
 MEASURED_LAYERS = tuple(s for s in SWITCHES if s not in ("semantic", "pooling", "lean"))
 
-_STUB_ANSWER = ChatCompletion.model_validate(
+_STUB_BODY = orjson.dumps(
     {
         "id": "chatcmpl-stub",
         "object": "chat.completion",
@@ -172,12 +174,16 @@ _STUB_ANSWER = ChatCompletion.model_validate(
         "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
     }
 )
+_STUB_ANSWER = ChatCompletion.model_validate_json(_STUB_BODY)
 
 
 async def stub_transport(request: ChatRequest) -> ChatCompletion:
-    """An upstream that answers at once (after one suspension, as any I/O has): only the layers' CPU is left."""
+    """An upstream that answers at once (after one suspension, as any I/O has): only the layers' CPU is left. Like
+    a real transport it notes the body it "parsed" (`labkit.body`), so a cache stores it without encoding."""
     await asyncio.sleep(0)
-    return _STUB_ANSWER.model_copy()
+    answer = _STUB_ANSWER.model_copy()
+    keep_body(answer, _STUB_BODY)
+    return answer
 
 
 async def layer_costs(*, requests: int, rounds: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
