@@ -197,6 +197,8 @@ class CacheLayer:
         # a spill tier is written with what L1 evicts, not on every store (`SQLiteTier(spill=True)`)
         self._spill = tuple(t for t in self.tiers if getattr(t, "spill", False))
         self._stored_in = tuple(t for t in self.tiers if t not in self._spill)
+        # every tier a miss is written to lives in this process (the default chain's: L1, with L3 as its spill)
+        self._stored_in_process = all(isinstance(t, MemoryTier) for t in self._stored_in)
         self._may_hold = tuple(getattr(t, "may_hold", _any_key) for t in self.tiers)
         if self._spill:
             if self._l1 is None:
@@ -279,7 +281,12 @@ class CacheLayer:
                     await self.store(key, Entry.of_stream(key, chunks, ttl), ttl)
 
                 return record(result, started, store_stream)
-        await self.store(key, Entry.of_completion(key, result, ttl), ttl)
+        entry = Entry.of_completion(key, result, ttl)
+        if self._stored_in_process:  # no await for in-process tiers
+            self.stats.stored += 1
+            self._write_in_process(key, entry, self._stored_in)
+        else:
+            await self.store(key, entry, ttl)
         return result
 
     def _serve(self, entry: Entry, tier: str, request: ChatRequest, ctl: CacheControls) -> Result:
@@ -367,6 +374,14 @@ class CacheLayer:
     async def _write(
         self, key: str, entry: Entry, ttl_s: float, tiers: Sequence[Tier], promotion: bool = False
     ) -> None:
+        remote = self._write_in_process(key, entry, tiers, promotion)
+        if len(remote) == 1:  # no task per write for the one remote tier of most chains
+            await self._write_one(remote[0], key, entry, ttl_s, promotion)
+        elif remote:
+            await asyncio.gather(*(self._write_one(tier, key, entry, ttl_s, promotion) for tier in remote))
+
+    def _write_in_process(self, key: str, entry: Entry, tiers: Sequence[Tier], promotion: bool = False) -> list[Tier]:
+        """Write `entry` to the in-process tiers among `tiers` at once; return the others, to be written with I/O."""
         remote = []
         for tier in tiers:
             if isinstance(tier, MemoryTier):
@@ -374,10 +389,7 @@ class CacheLayer:
                 self.stats.tiers[tier.name].writes += not promotion
             else:
                 remote.append(tier)
-        if len(remote) == 1:  # no task per write for the one remote tier of most chains
-            await self._write_one(remote[0], key, entry, ttl_s, promotion)
-        elif remote:
-            await asyncio.gather(*(self._write_one(tier, key, entry, ttl_s, promotion) for tier in remote))
+        return remote
 
     async def _write_one(self, tier: Tier, key: str, entry: Entry, ttl_s: float, promotion: bool) -> None:
         stats = self.stats.tiers[tier.name]

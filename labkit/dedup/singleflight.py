@@ -136,7 +136,16 @@ class SingleFlight:
             self.stats.coalesced += 1
         if flight.stream:
             return await self._join_stream(flight, leader)
-        return await self._join_plain(flight, leader)
+        seat, waiter = self._join_plain(flight)  # awaited here, in this frame: no coroutine of its own per request
+        try:
+            result = await waiter
+        finally:
+            self._leave(flight, seat)
+        if leader or not self.copy_results:
+            return result
+        copied = _copy(result)
+        copy_served(result, copied)  # which model served it (a balancer's fallback) travels with the copy
+        return copied
 
     # -- flights -------------------------------------------------------------------------------------------
 
@@ -208,21 +217,14 @@ class SingleFlight:
                 waiter.set_exception(error)
                 waiter.exception()  # retrieved: a waiter cancelled meanwhile need not see it
 
-    async def _join_plain(self, flight: _Flight, leader: bool) -> ChatCompletion:
+    @staticmethod
+    def _join_plain(flight: _Flight) -> tuple[_Seat, asyncio.Future[ChatCompletion]]:
+        """A seat on a plain flight and the future of its own that the flight's task resolves."""
         assert flight.task is not None
-        seat = _Seat()
         flight.seats += 1
         waiter: asyncio.Future[ChatCompletion] = asyncio.get_running_loop().create_future()
         flight.waiters.append(waiter)
-        try:
-            result = await waiter
-        finally:
-            self._leave(flight, seat)
-        if leader or not self.copy_results:
-            return result
-        copied = _copy(result)
-        copy_served(result, copied)  # which model served it (a balancer's fallback) travels with the copy
-        return copied
+        return _Seat(), waiter
 
     # -- streams -------------------------------------------------------------------------------------------
 

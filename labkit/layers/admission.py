@@ -211,6 +211,10 @@ class LocalBudget:
         return self._tickets
 
     async def refund(self, tokens: int, requests: int = 0, ticket: int = 0) -> None:
+        self.refund_now(tokens, requests, ticket)
+
+    def refund_now(self, tokens: int, requests: int = 0, ticket: int = 0) -> None:
+        """`refund` without an await (an optional method of a budget): the admission layer's fast path."""
         if ticket <= self._epoch:
             return  # it may be in the headers we synced to already: never count a give-back twice
         if tokens:
@@ -355,7 +359,9 @@ class AdmissionLayer:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._queue = asyncio.Lock()  # FIFO: asyncio's lock wakes waiters in arrival order
         self._queued = 0  # requests in `_wait_for_budget`: while any is, a newcomer queues behind them
+        # a budget in this process may offer these without an await (optional methods of a budget)
         self._take_now: Callable[[int], float] | None = getattr(budget, "try_acquire_now", None)
+        self._refund_now: Callable[[int, int, int], None] | None = getattr(budget, "refund_now", None)
         self._paused_until = 0.0
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
@@ -363,9 +369,11 @@ class AdmissionLayer:
         release = True
         try:
             estimate = self._estimate(request)
-            await self._wait_for_budget(estimate)
-            ticket = self.budget.ticket()
             now = time.monotonic()
+            if not self._admit_now(estimate, now):
+                await self._wait_for_budget(estimate, now)
+                now = time.monotonic()
+            ticket = self.budget.ticket()
             self.stats.first_admitted_at = self.stats.first_admitted_at or now
             self.stats.last_admitted_at = now
             self.stats.admitted += 1
@@ -386,7 +394,10 @@ class AdmissionLayer:
                 return result.wrap(lambda chunks: self._watch(chunks, result, estimate, ticket))
             self.stats.in_flight -= 1
             used = result.usage.total_tokens if result.usage else None
-            await self._settle(estimate, used, _headers(result), ticket)
+            if self._refund_now is None:
+                await self._settle(estimate, used, _headers(result), ticket)
+            else:  # a budget in this process: settled without an await
+                self._settle_now(self._refund_now, estimate, used, _headers(result), ticket)
             return result
         finally:
             if release:
@@ -401,16 +412,15 @@ class AdmissionLayer:
                 return bound
         return estimate_tokens(request, self.default_completion)
 
-    async def _wait_for_budget(self, estimate: int) -> None:
-        """Queue in arrival order; the head waits until the budget covers it (refunds may shorten the wait).
-
-        With nobody queued, no pause and a budget in this process, a request with room is admitted without an
-        await (the lock and the budget's coroutine were most of this layer's CPU on an admission that waits for
-        nothing)."""
-        t0 = time.monotonic()
+    def _admit_now(self, estimate: int, now: float) -> bool:
+        """Admit at once, without an await, when nobody is queued, no 429 pause holds and a budget in this process
+        has room: the queue's lock and the budget's coroutines were most of this layer's CPU on an admission that
+        waits for nothing. Otherwise `_wait_for_budget` queues the request."""
         take_now = self._take_now
-        if not self._queued and self._paused_until <= t0 and take_now is not None and take_now(estimate) <= 0:
-            return
+        return not self._queued and self._paused_until <= now and take_now is not None and take_now(estimate) <= 0
+
+    async def _wait_for_budget(self, estimate: int, t0: float) -> None:
+        """Queue in arrival order; the head waits until the budget covers it (refunds may shorten the wait)."""
         self._queued += 1
         try:
             async with self._queue:
@@ -426,10 +436,33 @@ class AdmissionLayer:
 
     async def _settle(self, estimate: int, used: int | None, headers: Mapping[str, str] | None, ticket: int) -> None:
         """Correct the charge with the actual usage, then align with what the service says is left."""
-        if used is not None:
-            self.stats.used_tokens += used
-            if estimate > used:
-                await self.budget.refund(estimate - used, ticket=ticket)
+        overcharged = self._overcharged(estimate, used)
+        if overcharged:
+            await self.budget.refund(overcharged, ticket=ticket)
+        self._sync(headers, ticket)
+
+    def _settle_now(
+        self,
+        refund_now: Callable[[int, int, int], None],
+        estimate: int,
+        used: int | None,
+        headers: Mapping[str, str] | None,
+        ticket: int,
+    ) -> None:
+        """`_settle` for a budget in this process (its `refund_now`), without an await."""
+        overcharged = self._overcharged(estimate, used)
+        if overcharged:
+            refund_now(overcharged, 0, ticket)
+        self._sync(headers, ticket)
+
+    def _overcharged(self, estimate: int, used: int | None) -> int:
+        """What the charge exceeded the answer's actual usage by (0 when usage is unknown)."""
+        if used is None:
+            return 0
+        self.stats.used_tokens += used
+        return max(0, estimate - used)
+
+    def _sync(self, headers: Mapping[str, str] | None, ticket: int) -> None:
         if headers:
             self.stats.header_syncs += 1
             self.budget.sync(ratelimit_headers(headers), ticket)

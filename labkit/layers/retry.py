@@ -294,7 +294,9 @@ class RetryLayer:
 
         timer = asyncio.get_running_loop().call_at(deadline_at, expire)
         try:
-            result = await _until_answer(request, call_next)
+            result = await call_next(request)  # `_until_answer`, inlined: one coroutine less per request
+            if isinstance(result, ChunkStream):
+                result = await until_first_token(result)
         except asyncio.CancelledError:
             if expired and task.uncancel() <= cancelling:  # ours, not the caller's: the deadline passed
                 raise DeadlineExceeded(
