@@ -60,8 +60,10 @@ class Chain:
             handler = _bind(layer, handler)
         self._handler = handler
 
-    async def __call__(self, request: ChatRequest) -> Result:
-        return await self._handler(request)
+    def __call__(self, request: ChatRequest) -> Awaitable[Result]:
+        """The outermost layer's coroutine (await it, or make it a task). Not a coroutine of its own: a chain used as
+        a handler (each endpoint's, under the balancer) would add one more frame to every request."""
+        return self._handler(request)
 
     async def complete(
         self,
