@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 from labkit.chain import Handler
 from labkit.lab.services import MemcachedService, RedisService, SimService, start_memcached, start_redis, start_sim
@@ -51,6 +52,32 @@ def memcached_service() -> Iterator[MemcachedService]:
     """A Memcached server: MEMCACHED_URL if CI provides one, else a local one for the session."""
     with start_memcached() as service:
         yield service
+
+
+# -- in-process upstreams for a layer's own logic (no service needed) -------------------------------------------
+
+
+def completion(model: str = "gpt-4o", content: str = "ok") -> ChatCompletion:
+    """A whole answer, as a transport returns one."""
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        }
+    )
+
+
+async def hangs(request: ChatRequest) -> Any:
+    """An upstream that never answers (until cancelled)."""
+    await asyncio.Event().wait()
+
+
+async def answers(request: ChatRequest) -> ChatCompletion:
+    """An upstream that answers at once."""
+    return completion(request.model)
 
 
 # -- a layer that counts what gets past the layers above it ----------------------------------------------------

@@ -5,7 +5,7 @@ import asyncio
 import gc
 
 import pytest
-from openai.types.chat import ChatCompletion
+from conftest import answers, hangs
 
 from labkit.chain import Chain
 from labkit.lab.services import start_sim
@@ -141,24 +141,16 @@ class FirstListed:
 async def test_the_hedge_avoids_the_endpoint_the_primary_went_to(caller_log):
     went: list[str] = []
 
-    async def hangs(request):
+    async def first(request):
         went.append("first")
-        await asyncio.Event().wait()
+        return await hangs(request)
 
-    async def answers(request):
+    async def second(request):
         went.append("second")
-        return ChatCompletion.model_validate(
-            {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": request.model,
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-            }
-        )
+        return await answers(request)
 
     hedge = HedgeLayer(delay_s=0.01)
-    balancer = Balancer([Backend("first", hangs), Backend("second", answers)], FirstListed())
+    balancer = Balancer([Backend("first", first), Backend("second", second)], FirstListed())
     log: list[str] = []
     controls = {"route_log": log} if caller_log else {}
     answer = await Chain(balancer, [hedge]).complete("hi", model="gpt-4o", controls=controls)

@@ -9,7 +9,7 @@ import time
 import httpx2
 import openai
 import pytest
-from openai.types.chat import ChatCompletion
+from conftest import answers, hangs
 
 from labkit.assemble import ChainConfig, build_chain
 from labkit.chain import Chain
@@ -291,31 +291,15 @@ async def test_the_resilience_chain_keeps_the_sdk_retries_off(fresh_sim):
 # -- the deadline's own cancellation, over an in-process handler (no service needed) ---------------------------
 
 
-async def _hangs(request):
-    await asyncio.Event().wait()
-
-
-async def _answers(request):
-    return ChatCompletion.model_validate(
-        {
-            "id": "c",
-            "object": "chat.completion",
-            "created": 0,
-            "model": request.model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-        }
-    )
-
-
 async def test_the_deadline_stops_a_hanging_attempt_with_deadline_exceeded():
-    chain = Chain(_hangs, [layer(deadline_s=0.05)])
+    chain = Chain(hangs, [layer(deadline_s=0.05)])
     with pytest.raises(DeadlineExceeded, match=r"0\.05 s deadline"):
         await chain.complete("hi", model="gpt-4o")
     assert asyncio.current_task().cancelling() == 0  # the layer's own cancellation is withdrawn
 
 
 async def test_the_callers_own_cancellation_is_not_taken_for_the_deadline():
-    chain = Chain(_hangs, [layer(deadline_s=30)])
+    chain = Chain(hangs, [layer(deadline_s=30)])
     task = asyncio.create_task(chain.complete("hi", model="gpt-4o"))
     await asyncio.sleep(0.01)
     task.cancel()
@@ -324,7 +308,7 @@ async def test_the_callers_own_cancellation_is_not_taken_for_the_deadline():
 
 
 async def test_an_answer_within_the_deadline_leaves_no_cancellation_behind():
-    chain = Chain(_answers, [layer(deadline_s=0.05)])
+    chain = Chain(answers, [layer(deadline_s=0.05)])
     answer = await chain.complete("hi", model="gpt-4o")
     assert answer.choices[0].message.content == "ok"
     await asyncio.sleep(0.1)  # past the deadline: its timer is gone with the attempt
