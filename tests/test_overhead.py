@@ -39,6 +39,9 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(report):
         )
         assert figures["meets_target"] == (figures["ratio_without_semantic"] <= report["target_ratio"])
         assert len(figures["ratio_without_semantic_per_round"]) == report["rounds"]
+        assert figures["ratio_without_semantic_median"] == pytest.approx(
+            sorted(figures["ratio_without_semantic_per_round"])[report["rounds"] // 2], abs=0.01
+        )
 
 
 @pytest.mark.timeout(180)

@@ -4,13 +4,17 @@ Every request here is new (a distinct prompt), so each one misses every cache an
 chain's worst case, the price an application pays for metrics, cache look-ups and stores, de-duplication,
 admission, retries, hedging, the balancer, the breaker and the stream guard on a request that none of them
 saves. The figure is the client's CPU time (`time.process_time`, this process only: the simulated service runs
-in its own process) per request, measured in alternating rounds so a noisy neighbour hurts both sides alike.
+in its own process) per request, measured in rounds in which the arms take turns (in alternating order, each after
+a full collection) so a noisy neighbour hurts both sides alike; each arm's best round counts.
 Each arm's figure also says how much of it the garbage collector took (`CollectorClock`): what a chain keeps alive
 is walked by every full collection, a cost no profile attributes to the code that caused it.
 
 `python -m labkit.lessons.overhead --bench` writes `build/bench/overhead.json`: per transport, the bare call's
 CPU per request, the default chain's, and their ratio (target: at most 1.10 without the semantic cache, whose
-embedding is a separate, reported cost: it is what a semantic lookup needs, not overhead of the chain).
+embedding is a separate, reported cost: it is what a semantic lookup needs, not overhead of the chain). The chain
+without the semantic cache is measured against the bare call first, alone in the process; then the whole default
+chain, against the bare call again. `ratio_without_semantic_median` is the median of the rounds' own ratios, beside
+the ratio of the best rounds that the target is judged by.
 
 `--without dedup hedge` switches layers off in the measured chains: what the ratio would be without them.
 
@@ -28,6 +32,7 @@ import asyncio
 import gc
 import json
 import platform
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -106,6 +111,35 @@ async def cpu_and_collector(
     return spent / n, collector.seconds / n
 
 
+async def _rounds(
+    arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]],
+    *,
+    requests: int,
+    rounds: int,
+    concurrency: int,
+    max_tokens: int,
+) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """Each arm's best CPU per request over `rounds` (and the collector's share in that round), and each round's
+    ratio of the second arm to the first. The arms take turns in alternating order (a machine that drifts within a
+    round hurts both alike), each after a full collection (no arm pays for another's garbage)."""
+    names = list(arms)
+    best: dict[str, float] = {}
+    collector: dict[str, float] = {}
+    per_round: list[float] = []
+    for arm in arms.values():  # warm: connections, imports, the embedder's first call
+        await cpu_per_request(arm, 20, concurrency, max_tokens)
+    for i in range(rounds):
+        this_round: dict[str, float] = {}
+        for name in names if i % 2 == 0 else names[::-1]:
+            gc.collect()
+            value, collected = await cpu_and_collector(arms[name], requests, concurrency, max_tokens)
+            this_round[name] = value
+            if value < best.get(name, float("inf")):
+                best[name], collector[name] = value, collected
+        per_round.append(this_round[names[1]] / this_round[names[0]])
+    return best, collector, per_round
+
+
 async def measure(
     endpoint: Endpoint,
     *,
@@ -115,46 +149,47 @@ async def measure(
     max_tokens: int,
     without: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Bare transport vs the default chain (with and without the semantic cache), per transport kind.
+    """Bare transport vs the default chain without the semantic cache (the target), then vs the whole default chain,
+    per transport kind.
+
+    The two comparisons run one after the other, each chain alone in the process: a semantic cache kept alive
+    beside the measured chain made its collections walk the semantic cache's vectors and entries, and its share of
+    the collector's time (`of_which_garbage_collector_ms`) was charged to the chain without it.
 
     `without` switches layers off in both chains: what the ratio would be without them (an ablation of the cost)."""
     results: dict[str, Any] = {}
+    sizes = {"requests": requests, "rounds": rounds, "concurrency": concurrency, "max_tokens": max_tokens}
     for kind in ("lean", "sdk"):
         bare = LeanTransport(endpoint) if kind == "lean" else OpenAITransport(endpoint)
-        chain = ChainConfig(lean=kind == "lean").without(*without)
-        configs = {"default_chain": chain, "default_chain_without_semantic": chain.without("semantic")}
-        chains = {name: build_chain(config, endpoint) for name, config in configs.items()}
-        arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]] = {"bare": bare}
-        arms.update({name: built.chain for name, built in chains.items()})
-        best: dict[str, float] = {}
-        collector: dict[str, float] = {}  # of the best round
-        round_ratios: list[float] = []  # the chain without the semantic cache over bare, within each round
+        config = ChainConfig(lean=kind == "lean").without(*without)
         try:
-            for arm in arms.values():  # warm: connections, imports, the embedder's first call
-                await cpu_per_request(arm, 20, concurrency, max_tokens)
-            for _ in range(rounds):
-                this_round: dict[str, float] = {}
-                for name, arm in arms.items():
-                    value, collected = await cpu_and_collector(arm, requests, concurrency, max_tokens)
-                    this_round[name] = value
-                    if value < best.get(name, float("inf")):
-                        best[name], collector[name] = value, collected
-                round_ratios.append(this_round["default_chain_without_semantic"] / this_round["bare"])
+            lean_chain = build_chain(config.without("semantic"), endpoint)
+            try:
+                best, collector, per_round = await _rounds(
+                    {"bare": bare, "default_chain_without_semantic": lean_chain.chain}, **sizes
+                )
+            finally:
+                await lean_chain.aclose()
+            full_chain = build_chain(config, endpoint)
+            try:
+                best_full, collector_full, _ = await _rounds({"bare": bare, "default_chain": full_chain.chain}, **sizes)
+            finally:
+                await full_chain.aclose()
         finally:
             await bare.aclose()
-            for built in chains.values():
-                await built.aclose()
+        best["default_chain"], collector["default_chain"] = best_full["default_chain"], collector_full["default_chain"]
+        chain_cost = best["default_chain_without_semantic"] - best["bare"]
         results[kind] = {
             "cpu_per_request_ms": {k: round(v * 1e3, 4) for k, v in best.items()},
             "of_which_garbage_collector_ms": {k: round(v * 1e3, 4) for k, v in collector.items()},
             "ratio_without_semantic": round(best["default_chain_without_semantic"] / best["bare"], 3),
             # each round's own ratio: its arms ran seconds apart, so a machine that drifts between rounds (this
             # 2-core VM moves the bare call by several percent from run to run) shows here as spread, not as bias
-            "ratio_without_semantic_per_round": [round(r, 3) for r in round_ratios],
-            "ratio_with_semantic": round(best["default_chain"] / best["bare"], 3),
-            "semantic_cost_per_miss_ms": round(
-                (best["default_chain"] - best["default_chain_without_semantic"]) * 1e3, 3
-            ),
+            "ratio_without_semantic_per_round": [round(r, 3) for r in per_round],
+            "ratio_without_semantic_median": round(statistics.median(per_round), 3),
+            # against the bare call measured beside the whole chain
+            "ratio_with_semantic": round(best_full["default_chain"] / best_full["bare"], 3),
+            "semantic_cost_per_miss_ms": round((best_full["default_chain"] - best_full["bare"] - chain_cost) * 1e3, 3),
         }
         results[kind]["meets_target"] = results[kind]["ratio_without_semantic"] <= TARGET_RATIO
     return results
