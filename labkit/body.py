@@ -1,10 +1,10 @@
 """The JSON body an answer arrived as, kept with the completion parsed from it, so a cache need not encode it again.
 
 The exact cache keeps an answer as JSON bytes (`labkit.cache.base.Entry`), and the transport had those bytes a
-moment earlier: it parsed them into the `ChatCompletion`. Encoding the completion again cost about 5 µs per cache
-miss on an idle machine and three times that with the service busy on the same machine, the largest single cost
-of a miss through the default chain (`python -m labkit.lessons.overhead`). So a transport notes the body it parsed
-(`keep_body`) and the cache stores it as it came (`body_of`).
+moment earlier: it parsed them into the `ChatCompletion`. Encoding the completion again was one of the larger costs
+of a cache miss through the default chain (the cache layer's own figure in `python -m labkit.lessons.overhead
+--layers`). So a transport notes the body it parsed (`keep_body`) and the cache stores it as it came
+(`completion_json`).
 
 A note belongs to the object it was made for: a copy (`model_copy`, the de-dup layer's copy for each coalesced
 caller) carries the note but does not match it, and is encoded as before. So a layer below the cache that changes

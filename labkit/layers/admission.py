@@ -397,7 +397,7 @@ class AdmissionLayer:
             if self._refund_now is None:
                 await self._settle(estimate, used, _headers(result), ticket)
             else:  # a budget in this process: settled without an await
-                self._settle_now(self._refund_now, estimate, used, _headers(result), ticket)
+                self._settle_now(estimate, used, _headers(result), ticket)
             return result
         finally:
             if release:
@@ -441,18 +441,11 @@ class AdmissionLayer:
             await self.budget.refund(overcharged, ticket=ticket)
         self._sync(headers, ticket)
 
-    def _settle_now(
-        self,
-        refund_now: Callable[[int, int, int], None],
-        estimate: int,
-        used: int | None,
-        headers: Mapping[str, str] | None,
-        ticket: int,
-    ) -> None:
+    def _settle_now(self, estimate: int, used: int | None, headers: Mapping[str, str] | None, ticket: int) -> None:
         """`_settle` for a budget in this process (its `refund_now`), without an await."""
         overcharged = self._overcharged(estimate, used)
-        if overcharged:
-            refund_now(overcharged, 0, ticket)
+        if overcharged and self._refund_now is not None:
+            self._refund_now(overcharged, 0, ticket)
         self._sync(headers, ticket)
 
     def _overcharged(self, estimate: int, used: int | None) -> int:
