@@ -146,16 +146,44 @@ async def test_stream_error_reaches_every_reader(fresh_sim, transport):
     assert counting.calls == 1
 
 
-async def test_cancelling_one_waiter_does_not_cancel_the_others(transport):
+async def test_a_waiter_that_leaves_changes_nothing_for_the_others(transport):
     counting, single_flight = Counting(delay_s=0.2), SingleFlight()
     chain = Chain(transport, [single_flight, counting])
     tasks = [asyncio.create_task(chain(request())) for _ in range(4)]
     await asyncio.sleep(0.05)
-    tasks[0].cancel()  # the caller that started the flight
+    tasks[1].cancel()  # a caller that joined the flight
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert all(r.choices[0].message.content for r in (results[0], *results[2:]))
+    assert counting.calls == 1 and single_flight.stats.upstream_cancelled == 0
+
+
+async def test_a_waiter_sends_the_call_again_when_the_leader_leaves(transport):
+    counting, single_flight = Counting(delay_s=0.2), SingleFlight()
+    chain = Chain(transport, [single_flight, counting])
+    tasks = [asyncio.create_task(chain(request())) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    tasks[0].cancel()  # the caller that started the flight: its call is cancelled with it
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError)
     assert all(r.choices[0].message.content for r in results[1:])
-    assert counting.calls == 1 and single_flight.stats.upstream_cancelled == 0
+    assert counting.calls == 2  # the cancelled call and one more, not one per waiter
+    stats = single_flight.stats
+    assert (stats.upstream_cancelled, stats.restarts) == (1, 3)
+    assert stats.upstream_calls + stats.coalesced + stats.bypassed == stats.requests
+
+
+async def test_the_leaders_call_runs_in_the_callers_own_task(transport):
+    seen = []
+
+    async def record_task(request, call_next):
+        seen.append(asyncio.current_task())
+        return await call_next(request)
+
+    chain = Chain(transport, [SingleFlight(), record_task])
+    caller = asyncio.create_task(chain(request("whose task?")))
+    await caller
+    assert seen == [caller]
 
 
 async def test_upstream_is_cancelled_when_the_last_waiter_leaves(transport):

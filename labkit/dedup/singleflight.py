@@ -2,14 +2,18 @@
 
 When identical requests of one scope (same tenant and fingerprint: `labkit.scope.Scope`) are in flight at the
 same time, one goes upstream and every caller gets its result. Two tenants never share a flight, so one tenant's
-401 or quota error cannot reach another. The upstream call runs in a task of its own, so no single caller owns it:
+401 or quota error cannot reach another.
 
-- a caller that is cancelled (or closes its stream early) leaves; the others keep waiting, and the upstream
-  call is cancelled only when the last waiter has left;
-- an upstream error reaches every waiter, and the flight is forgotten at once: the next request goes upstream
-  again (no negative caching);
-- a stream is fanned out: every waiter reads the same upstream chunks from the first one on; a late joiner
-  gets the chunks so far replayed, then the live ones.
+- A plain call runs in its first caller's own frame (the leader), as `RedisSingleFlight` runs it across processes:
+  a task of its own per call made every cache miss through the default chain pay a task and two more turns of the
+  event loop (`python -m labkit.lessons.overhead --bench`), for the one case where the leader leaves first.
+  When it does, its call is cancelled with it and a waiting caller sends it again (`stats.restarts`): the others
+  never see the leader's cancellation. A waiter that leaves changes nothing for anybody else.
+- A stream is fanned out from a task of its own, which no caller owns: every waiter reads the same upstream chunks
+  from the first one on (a late joiner gets the chunks so far replayed, then the live ones); a reader that closes
+  early leaves, and the upstream stream is cancelled only when the last reader has left.
+- An upstream error reaches every waiter, and the flight is forgotten at once: the next request goes upstream
+  again (no negative caching).
 
 A flight lives only while its request is in flight; remembering answers afterwards is a cache's job (lesson 06).
 Plain and streamed requests are coalesced separately (a streaming caller wants its chunks as they come).
@@ -35,7 +39,10 @@ from labkit.stream import ChunkStream
 
 @dataclasses.dataclass
 class SingleFlightStats:
-    """What the layer did: `upstream_calls + coalesced + bypassed == requests`."""
+    """What the layer did: `upstream_calls + coalesced + bypassed == requests`.
+
+    `restarts` counts waiters whose leader left before the answer: each then sent the call itself or joined the
+    waiter that did (counted there, not in `coalesced`)."""
 
     requests: int = 0
     upstream_calls: int = 0
@@ -43,6 +50,7 @@ class SingleFlightStats:
     bypassed: int = 0
     upstream_errors: int = 0
     upstream_cancelled: int = 0
+    restarts: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -61,6 +69,9 @@ class _Seat:
         self.left = False
 
 
+_LEADER_LEFT = object()  # what a plain flight's waiters get when its leader was cancelled: send it again
+
+
 class _Flight:
     """One upstream call and everything its waiters share."""
 
@@ -68,11 +79,11 @@ class _Flight:
         self.key = key
         self.stream = stream
         self.seats = 0
-        self.task: asyncio.Task[Any] | None = None
-        # plain only: one future per waiter, resolved by the flight's task when the call ends (a waiter that leaves
-        # cancels its own future only)
-        self.waiters: list[asyncio.Future[ChatCompletion]] = []
-        # streams only (a plain flight only needs its task)
+        self.task: asyncio.Task[Any] | None = None  # streams only: a plain call runs in its leader's frame
+        # plain only: one future per waiter (not the leader), resolved by the leader when the call ends (a waiter
+        # that leaves cancels its own future only)
+        self.waiters: list[asyncio.Future[Any]] = []
+        # streams only
         if stream:
             self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.info: dict[str, Any] = {}
@@ -128,21 +139,27 @@ class SingleFlight:
         if slots == 0:
             self.stats.bypassed += 1
             return await call_next(request)
-        key, flight = self._pick(f"{'s' if request.stream else 'p'}:{self.key(request)}", slots)
-        leader = flight is None
-        if flight is None:
-            flight = self._start(key, request, call_next)
-        else:
-            self.stats.coalesced += 1
-        if flight.stream:
+        if request.stream:
+            key, flight = self._pick(f"s:{self.key(request)}", slots)
+            leader = flight is None
+            if flight is None:
+                flight = self._start_stream(key, request, call_next)
+            else:
+                self.stats.coalesced += 1
             return await self._join_stream(flight, leader)
-        seat, waiter = self._join_plain(flight)  # awaited here, in this frame: no coroutine of its own per request
-        try:
-            result = await waiter
-        finally:
-            self._leave(flight, seat)
-        if leader or not self.copy_results:
-            return result
+        base = f"p:{self.key(request)}"
+        while True:
+            key, flight = self._pick(base, slots)
+            if flight is None:
+                return await self._lead(key, request, call_next)
+            self.stats.coalesced += 1
+            result = await self._wait(flight)
+            if result is not _LEADER_LEFT:
+                break
+            self.stats.coalesced -= 1
+            self.stats.restarts += 1
+        if not self.copy_results:
+            return result  # type: ignore[no-any-return]
         copied = _copy(result)
         copy_served(result, copied)  # which model served it (a balancer's fallback) travels with the copy
         return copied
@@ -164,12 +181,9 @@ class SingleFlight:
         assert busiest is not None
         return busiest
 
-    def _start(self, key: str, request: ChatRequest, call_next: Handler) -> _Flight:
-        flight = _Flight(key, request.stream)
-        self._flights[key] = flight
+    def _open(self, key: str, stream: bool) -> _Flight:
+        flight = self._flights[key] = _Flight(key, stream)
         self.stats.upstream_calls += 1
-        run = self._run_stream if request.stream else self._run_plain
-        flight.task = asyncio.create_task(run(flight, request, call_next), name=f"single-flight {key[:14]}")
         return flight
 
     def _forget(self, flight: _Flight) -> None:
@@ -187,46 +201,56 @@ class SingleFlight:
 
     # -- plain requests ------------------------------------------------------------------------------------
 
-    async def _run_plain(self, flight: _Flight, request: ChatRequest, call_next: Handler) -> None:
-        """Make the call and hand its outcome to every waiter still there (the task itself ends quietly).
+    async def _lead(self, key: str, request: ChatRequest, call_next: Handler) -> ChatCompletion:
+        """Make the call in this caller's frame and hand its outcome to every waiter still there.
 
-        Each waiter awaits a future of its own, set here: `asyncio.shield` over the task did the same job with
-        two more callbacks, and so two more turns of the event loop, per request (`python -m
-        labkit.lessons.overhead --layers`)."""
-        result: ChatCompletion | None = None
-        error: BaseException | None = None
+        Each waiter awaits a future of its own, set here: `asyncio.shield` over a shared one did the same job with
+        two more callbacks, and so two more turns of the event loop, per request."""
+        flight = self._open(key, stream=False)
+        flight.seats = 1
         try:
             answer = await call_next(request)
             result = await answer.collect() if isinstance(answer, ChunkStream) else answer  # a recorded stream
         except asyncio.CancelledError:
             self.stats.upstream_cancelled += 1
-            self._forget(flight)
-            for waiter in flight.waiters:
-                waiter.cancel()
+            self._settle(flight, _LEADER_LEFT, None)  # the waiters still there send it again
             raise
         except BaseException as failure:
             self.stats.upstream_errors += 1
-            error = failure
+            self._settle(flight, None, failure)
+            raise
+        self._settle(flight, result, None)
+        return result
+
+    def _settle(self, flight: _Flight, result: Any, error: BaseException | None) -> None:
         self._forget(flight)
         for waiter in flight.waiters:
             if waiter.done():  # its caller left
                 continue
             if error is None:
-                waiter.set_result(result)  # type: ignore[arg-type]
+                waiter.set_result(result)
             else:
                 waiter.set_exception(error)
                 waiter.exception()  # retrieved: a waiter cancelled meanwhile need not see it
 
     @staticmethod
-    def _join_plain(flight: _Flight) -> tuple[_Seat, asyncio.Future[ChatCompletion]]:
-        """A seat on a plain flight and the future of its own that the flight's task resolves."""
-        assert flight.task is not None
+    async def _wait(flight: _Flight) -> Any:
+        """A seat on a plain flight until its leader settles it: the answer, or `_LEADER_LEFT`."""
         flight.seats += 1
-        waiter: asyncio.Future[ChatCompletion] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         flight.waiters.append(waiter)
-        return _Seat(), waiter
+        try:
+            return await waiter
+        finally:
+            flight.seats -= 1
 
     # -- streams -------------------------------------------------------------------------------------------
+
+    def _start_stream(self, key: str, request: ChatRequest, call_next: Handler) -> _Flight:
+        flight = self._open(key, stream=True)
+        run = self._run_stream(flight, request, call_next)
+        flight.task = asyncio.create_task(run, name=f"single-flight {key[:14]}")
+        return flight
 
     async def _run_stream(self, flight: _Flight, request: ChatRequest, call_next: Handler) -> None:
         upstream: ChunkStream | None = None

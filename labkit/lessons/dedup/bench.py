@@ -3,8 +3,8 @@
 The upstream is an in-memory handler that answers after one event-loop turn, so everything measured is the
 client-side CPU of the chain. Figures (µs per request, medians of `--repeats` runs):
 
-- `plain_unique`: a request whose key is new (the layer computes the fingerprint, starts a flight task and
-  waits on it) minus the same request through a chain without the layer;
+- `plain_unique`: a request whose key is new (the layer computes the fingerprint, opens a flight and makes the
+  call in the caller's frame) minus the same request through a chain without the layer;
 - `plain_coalesced`: a burst of identical concurrent requests, per request, against the same burst without
   the layer (where every request reaches the handler);
 - `fingerprint`: computing `ChatRequest.key` alone (canonical JSON + SHA-256), part of both figures above;
