@@ -4,17 +4,19 @@ Every request here is new (a distinct prompt), so each one misses every cache an
 chain's worst case, the price an application pays for metrics, cache look-ups and stores, de-duplication,
 admission, retries, hedging, the balancer, the breaker and the stream guard on a request that none of them
 saves. The figure is the client's CPU time (`time.process_time`, this process only: the simulated service runs
-in its own process) per request, measured in rounds in which the arms take turns (in alternating order, each after
-a full collection) so a noisy neighbour hurts both sides alike; each arm's best round counts.
-Each arm's figure also says how much of it the garbage collector took (`CollectorClock`): what a chain keeps alive
-is walked by every full collection, a cost no profile attributes to the code that caused it.
+in its own process) per request. The two arms of a comparison take turns in blocks of `--block` requests, in
+alternating order (`compare`): on this 2-core VM a bare call's CPU moves by tens of percent over minutes, so arms
+measured in rounds of their own a few seconds apart differed by more than the chain costs; blocks a fraction of a
+second long see the same machine. Each arm's figure is its mean, the ratio the quotient of the means, with a 95%
+confidence interval from the blocks' paired differences. Each arm's figure also says how much of it the garbage
+collector took (`CollectorClock`): what a chain keeps alive is walked by every full collection, a cost no profile
+attributes to the code that caused it.
 
 `python -m labkit.lessons.overhead --bench` writes `build/bench/overhead.json`: per transport, the bare call's
 CPU per request, the default chain's, and their ratio (target: at most 1.10 without the semantic cache, whose
 embedding is a separate, reported cost: it is what a semantic lookup needs, not overhead of the chain). The chain
-without the semantic cache is measured against the bare call first, alone in the process; then the whole default
-chain, against the bare call again. `ratio_without_semantic_median` is the median of the rounds' own ratios, beside
-the ratio of the best rounds that the target is judged by.
+without the semantic cache is compared with the bare call first, alone in the process; then the whole default
+chain, with the bare call again.
 
 `--without dedup hedge` switches layers off in the measured chains: what the ratio would be without them.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import platform
@@ -111,40 +114,62 @@ async def cpu_and_collector(
     return spent / n, collector.seconds / n
 
 
-async def _rounds(
+@dataclasses.dataclass
+class Comparison:
+    """Two arms measured in alternating blocks: each arm's mean CPU per request, its collector's share, and the
+    ratio of the second arm to the first with a 95% confidence interval."""
+
+    cpu: dict[str, float]
+    collector: dict[str, float]
+    ratio: float
+    ratio_ci95: tuple[float, float]
+    blocks: int
+
+
+async def compare(
     arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]],
     *,
     requests: int,
-    rounds: int,
+    block: int,
     concurrency: int,
     max_tokens: int,
-) -> tuple[dict[str, float], dict[str, float], list[float]]:
-    """Each arm's best CPU per request over `rounds` (and the collector's share in that round), and each round's
-    ratio of the second arm to the first. The arms take turns in alternating order (a machine that drifts within a
-    round hurts both alike), each after a full collection (no arm pays for another's garbage)."""
-    names = list(arms)
-    best: dict[str, float] = {}
-    collector: dict[str, float] = {}
-    per_round: list[float] = []
+) -> Comparison:
+    """`requests` new requests per arm, sent in blocks of `block` that alternate between the two arms.
+
+    The arms swap their order every block (ABBA...), so a machine that drifts, or a neighbour that is busy for a few
+    seconds, hurts both alike: the blocks are a fraction of a second, far shorter than this VM's swings. The ratio is
+    the arms' means; its interval comes from the blocks' paired differences (second arm minus first, each pair a
+    block apart), `mean ± 1.96 standard errors`, over the first arm's mean."""
+    first, second = names = list(arms)
     for arm in arms.values():  # warm: connections, imports, the embedder's first call
         await cpu_per_request(arm, 20, concurrency, max_tokens)
-    for i in range(rounds):
-        this_round: dict[str, float] = {}
+    gc.collect()
+    spent: dict[str, list[float]] = {name: [] for name in names}
+    collected = dict.fromkeys(names, 0.0)
+    blocks = max(2, requests // block)
+    for i in range(blocks):
         for name in names if i % 2 == 0 else names[::-1]:
-            gc.collect()
-            value, collected = await cpu_and_collector(arms[name], requests, concurrency, max_tokens)
-            this_round[name] = value
-            if value < best.get(name, float("inf")):
-                best[name], collector[name] = value, collected
-        per_round.append(this_round[names[1]] / this_round[names[0]])
-    return best, collector, per_round
+            value, by_collector = await cpu_and_collector(arms[name], block, concurrency, max_tokens)
+            spent[name].append(value)
+            collected[name] += by_collector
+    mean = {name: statistics.fmean(values) for name, values in spent.items()}
+    differences = [b - a for a, b in zip(spent[first], spent[second], strict=True)]
+    half_width = 1.96 * statistics.stdev(differences) / len(differences) ** 0.5
+    gap = mean[second] - mean[first]
+    return Comparison(
+        cpu=mean,
+        collector={name: total / blocks for name, total in collected.items()},
+        ratio=mean[second] / mean[first],
+        ratio_ci95=(1 + (gap - half_width) / mean[first], 1 + (gap + half_width) / mean[first]),
+        blocks=blocks,
+    )
 
 
 async def measure(
     endpoint: Endpoint,
     *,
     requests: int,
-    rounds: int,
+    block: int,
     concurrency: int,
     max_tokens: int,
     without: tuple[str, ...] = (),
@@ -158,40 +183,37 @@ async def measure(
 
     `without` switches layers off in both chains: what the ratio would be without them (an ablation of the cost)."""
     results: dict[str, Any] = {}
-    sizes = {"requests": requests, "rounds": rounds, "concurrency": concurrency, "max_tokens": max_tokens}
+    sizes = {"requests": requests, "block": block, "concurrency": concurrency, "max_tokens": max_tokens}
     for kind in ("lean", "sdk"):
         bare = LeanTransport(endpoint) if kind == "lean" else OpenAITransport(endpoint)
         config = ChainConfig(lean=kind == "lean").without(*without)
         try:
             lean_chain = build_chain(config.without("semantic"), endpoint)
             try:
-                best, collector, per_round = await _rounds(
-                    {"bare": bare, "default_chain_without_semantic": lean_chain.chain}, **sizes
-                )
+                target = await compare({"bare": bare, "default_chain_without_semantic": lean_chain.chain}, **sizes)
             finally:
                 await lean_chain.aclose()
             full_chain = build_chain(config, endpoint)
             try:
-                best_full, collector_full, _ = await _rounds({"bare": bare, "default_chain": full_chain.chain}, **sizes)
+                full = await compare({"bare": bare, "default_chain": full_chain.chain}, **sizes)
             finally:
                 await full_chain.aclose()
         finally:
             await bare.aclose()
-        best["default_chain"], collector["default_chain"] = best_full["default_chain"], collector_full["default_chain"]
-        chain_cost = best["default_chain_without_semantic"] - best["bare"]
+        cpu = {**target.cpu, "default_chain": full.cpu["default_chain"]}
+        collector = {**target.collector, "default_chain": full.collector["default_chain"]}
+        chain_cost = target.cpu["default_chain_without_semantic"] - target.cpu["bare"]
+        semantic_cost = full.cpu["default_chain"] - full.cpu["bare"] - chain_cost
         results[kind] = {
-            "cpu_per_request_ms": {k: round(v * 1e3, 4) for k, v in best.items()},
+            "cpu_per_request_ms": {k: round(v * 1e3, 4) for k, v in cpu.items()},
             "of_which_garbage_collector_ms": {k: round(v * 1e3, 4) for k, v in collector.items()},
-            "ratio_without_semantic": round(best["default_chain_without_semantic"] / best["bare"], 3),
-            # each round's own ratio: its arms ran seconds apart, so a machine that drifts between rounds (this
-            # 2-core VM moves the bare call by several percent from run to run) shows here as spread, not as bias
-            "ratio_without_semantic_per_round": [round(r, 3) for r in per_round],
-            "ratio_without_semantic_median": round(statistics.median(per_round), 3),
+            "ratio_without_semantic": round(target.ratio, 3),
+            "ratio_without_semantic_ci95": [round(bound, 3) for bound in target.ratio_ci95],
             # against the bare call measured beside the whole chain
-            "ratio_with_semantic": round(best_full["default_chain"] / best_full["bare"], 3),
-            "semantic_cost_per_miss_ms": round((best_full["default_chain"] - best_full["bare"] - chain_cost) * 1e3, 3),
+            "ratio_with_semantic": round(full.ratio, 3),
+            "semantic_cost_per_miss_ms": round(semantic_cost * 1e3, 3),
+            "meets_target": round(target.ratio, 3) <= TARGET_RATIO,
         }
-        results[kind]["meets_target"] = results[kind]["ratio_without_semantic"] <= TARGET_RATIO
     return results
 
 
@@ -254,21 +276,21 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         results = await measure(
             sim.endpoint,
             requests=args.requests,
-            rounds=args.rounds,
+            block=args.block,
             concurrency=args.concurrency,
             max_tokens=args.max_tokens,
             without=tuple(args.without),
         )
     if args.layers:
         results["layers_over_stub"] = await layer_costs(
-            requests=args.requests * 5, rounds=args.rounds, concurrency=args.concurrency, max_tokens=args.max_tokens
+            requests=args.requests * 2, rounds=args.rounds, concurrency=args.concurrency, max_tokens=args.max_tokens
         )
     return {
         "benchmark": "overhead",
         "what": "client CPU per cache-missing request: the default chain against a bare call on the same transport",
         "target_ratio": TARGET_RATIO,
-        "requests_per_round": args.requests,
-        "rounds": args.rounds,
+        "requests_per_arm": args.requests,
+        "block": args.block,
         "concurrency": args.concurrency,
         "switched_off": list(args.without),
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
@@ -279,11 +301,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m labkit.lessons.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="run the benchmark and write its JSON")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per arm and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each arm counts")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per arm and comparison")
+    parser.add_argument("--block", type=int, default=50, help="requests per block; the arms alternate every block")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--layers", action="store_true", help="also each layer's CPU over a stub transport")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --layers; the best of each chain counts")
     parser.add_argument(
         "--without", nargs="+", default=[], choices=MEASURED_LAYERS, metavar="SWITCH",
         help=f"switch these layers off in the measured chains (an ablation): {', '.join(MEASURED_LAYERS)}",
