@@ -8,6 +8,7 @@ import time
 import openai
 import pytest
 import redis.asyncio as aioredis
+from conftest import completion
 
 from labkit.chain import Chain
 from labkit.layers.adaptive import AdaptiveConcurrency
@@ -205,6 +206,24 @@ async def test_admission_lowers_its_level_when_another_client_spent_the_budget(f
         await Chain(transport, [layer]).complete("hi", model="gpt-4o", max_tokens=5)
     assert layer.budget.syncs_lowered == 1
     assert layer.budget.requests.available() < 10 - 6 + 1
+
+
+async def test_admission_reads_rate_limit_headers_at_most_once_per_sync_interval():
+    remaining = iter(["9", "1", "0"])
+
+    async def upstream(request):
+        answer = completion(request.model)
+        answer._headers = {"x-ratelimit-remaining-requests": next(remaining)}
+        return answer
+
+    layer = AdmissionLayer(600, 60_000, burst_s=1.0, headroom=0.0, sync_interval_s=0.2)  # 10 requests a burst
+    chain = Chain(upstream, [layer])
+    await chain.complete("first", model="gpt-4o")  # read: 9 left, as the layer counted
+    await chain.complete("second", model="gpt-4o")  # within the interval: its "1 left" is not read
+    assert layer.stats.header_syncs == 1 and layer.budget.requests.available() > 5
+    await asyncio.sleep(0.2)
+    await chain.complete("third", model="gpt-4o")  # the interval has passed: "0 left" is read
+    assert layer.stats.header_syncs == 2 and layer.budget.requests.available() < 1
 
 
 async def test_admission_passes_streams_through_and_frees_the_slot_when_closed(fresh_sim):

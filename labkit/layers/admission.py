@@ -16,7 +16,10 @@ every rejected attempt costs a round trip and a back-off. The admission layer in
   level (another client on the same key, or a wrong estimate, shows up there first), `limit` lowers a rate
   configured above the published one, and `limit` with `remaining` and `reset` tells how much the service's
   bucket holds, which ours never exceeds; a 429 that still slips through pauses everyone for its
-  `retry-after`.
+  `retry-after`. The headers are read at most once every `sync_interval_s` (25 ms: half the staleness a budget
+  already accepts in a header, `LocalBudget.slack_s`) and after every 429: picking out and parsing six headers of
+  every answer was most of what this layer cost a request over a real transport, for news that arrives no faster
+  than the answers that carry it are stale.
 
 The buckets are hand-written, not taken from a library (aiolimiter, limits): they need to be charged a
 *variable* amount that is corrected afterwards and re-synchronised from headers, which those do not offer.
@@ -322,7 +325,7 @@ class AdmissionStats:
     rate_limited: int = 0
     estimated_tokens: int = 0
     used_tokens: int = 0
-    header_syncs: int = 0
+    header_syncs: int = 0  # answers whose rate-limit headers were read (at most one per `sync_interval_s`)
     first_admitted_at: float | None = None  # time.monotonic() of the first and last admission
     last_admitted_at: float | None = None
 
@@ -344,9 +347,12 @@ class AdmissionLayer:
         headroom: float = 0.03,
         default_completion: int = DEFAULT_COMPLETION_ESTIMATE,
         max_poll_s: float = 0.05,
+        sync_interval_s: float = 0.025,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not sync_interval_s >= 0:
+            raise ValueError(f"sync_interval_s must be >= 0 seconds, got {sync_interval_s!r}")
         if budget is None:
             if rpm is None or tpm is None:
                 raise ValueError("AdmissionLayer needs rpm and tpm (the published limits) or a shared budget")
@@ -356,6 +362,8 @@ class AdmissionLayer:
         self.default_completion = default_completion
         self.stats = AdmissionStats()
         self.max_poll_s = max_poll_s
+        self.sync_interval_s = sync_interval_s
+        self._next_sync = 0.0  # time.monotonic() before which an answer's headers are not read
         self._slots = asyncio.Semaphore(max_concurrency)
         self._queue = asyncio.Lock()  # FIFO: asyncio's lock wakes waiters in arrival order
         self._queued = 0  # requests in `_wait_for_budget`: while any is, a newcomer queues behind them
@@ -457,6 +465,10 @@ class AdmissionLayer:
 
     def _sync(self, headers: Mapping[str, str] | None, ticket: int) -> None:
         if headers:
+            now = time.monotonic()
+            if now < self._next_sync:
+                return
+            self._next_sync = now + self.sync_interval_s
             self.stats.header_syncs += 1
             self.budget.sync(ratelimit_headers(headers), ticket)
 
