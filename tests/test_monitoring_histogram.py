@@ -9,6 +9,7 @@ import pytest
 
 from labkit.layers.metrics import RequestRecord
 from labkit.monitoring import Histogram, Metrics, Rolling
+from labkit.monitoring.registry import BATCH
 
 
 class FakeClock:
@@ -132,6 +133,32 @@ def test_metrics_keep_totals_and_the_last_window_apart():
     assert total["requests"] == 10 and total["error_rate"] == 0.5
     assert window["requests"] == 5 and window["error_rate"] == 0.0 and window["cache_hit_rate"] == 1.0
     assert total["cost_usd"] == pytest.approx(0.05) and total["saved_usd"] == pytest.approx(0.05)
+
+
+def test_every_recorded_request_is_counted_across_batches_and_sub_windows():
+    clock = FakeClock()
+    metrics = Metrics(window_s=10, slot_s=1, clock=clock)
+    n = 3 * BATCH + 5
+    for i in range(n):
+        metrics.record(record(latency=0.1 + i / 1000), itl=[0.01, 0.02])
+        if i % 50 == 0:
+            clock.now += 1  # a new sub-window after requests 0, 50, 100 and 150: mid-batch
+    total = metrics.view()
+    assert total.counter("requests") == n
+    assert total.hist("request_duration").count == n and total.hist("itl").count == 2 * n
+    assert metrics.snapshot(1)["requests"] == n - 151  # the last sub-window's requests, 151 on
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
+def test_a_request_with_a_bad_duration_is_refused_and_the_others_are_kept(bad):
+    metrics = Metrics()
+    metrics.record(record())
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        metrics.record(record(latency=bad))
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        metrics.record(record(), itl=[0.1, bad])
+    metrics.record(record())
+    assert metrics.snapshot()["requests"] == 2 and metrics.view().hist("itl").count == 0
 
 
 def test_counters_only_go_up():
