@@ -18,8 +18,8 @@ every rejected attempt costs a round trip and a back-off. The admission layer in
   bucket holds, which ours never exceeds; a 429 that still slips through pauses everyone for its
   `retry-after`. The headers are read at most once every `sync_interval_s` (25 ms: half the staleness a budget
   already accepts in a header, `LocalBudget.slack_s`) and after every 429: picking out and parsing six headers of
-  every answer was most of what this layer cost a request over a real transport, for news that arrives no faster
-  than the answers that carry it are stale.
+  every answer is work on every request (`python -m labkit.lessons.overhead` measures the chain's share), for news
+  that a budget could not act on sooner than the headers' own staleness anyway.
 
 The buckets are hand-written, not taken from a library (aiolimiter, limits): they need to be charged a
 *variable* amount that is corrected afterwards and re-synchronised from headers, which those do not offer.
