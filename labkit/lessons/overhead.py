@@ -126,6 +126,11 @@ class Comparison:
     blocks: int
 
 
+def blocks_of(requests: int, block: int) -> int:
+    """How many blocks of `block` requests `compare` sends per arm for about `requests` (at least two: one pair)."""
+    return max(2, requests // block)
+
+
 async def compare(
     arms: dict[str, Callable[[ChatRequest], Awaitable[Any]]],
     *,
@@ -146,7 +151,7 @@ async def compare(
     gc.collect()
     spent: dict[str, list[float]] = {name: [] for name in names}
     collected = dict.fromkeys(names, 0.0)
-    blocks = max(2, requests // block)
+    blocks = blocks_of(requests, block)
     for i in range(blocks):
         for name in names if i % 2 == 0 else names[::-1]:
             value, by_collector = await cpu_and_collector(arms[name], block, concurrency, max_tokens)
@@ -289,7 +294,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "overhead",
         "what": "client CPU per cache-missing request: the default chain against a bare call on the same transport",
         "target_ratio": TARGET_RATIO,
-        "requests_per_arm": args.requests,
+        "requests_per_arm": blocks_of(args.requests, args.block) * args.block,
         "block": args.block,
         "concurrency": args.concurrency,
         "switched_off": list(args.without),

@@ -36,12 +36,18 @@ from typing import Generic, TypeVar
 import numpy as np
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "Rolling"]
+__all__ = ["DEFAULT_BUCKETS", "Histogram", "Rolling", "check_duration"]
 
 #: Bucket upper bounds in seconds: from a cache hit (1 ms) to a long generation (60 s); 1 s is the TTFB SLO.
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+
+
+def check_duration(value: float) -> None:
+    """Refuse what no histogram takes: anything but a finite number of seconds >= 0 (NaN included)."""
+    if not (value >= 0.0 and value != math.inf):  # NaN compares false
+        raise ValueError(f"a duration must be a finite number >= 0 seconds, got {value!r}")
 
 
 class Histogram:
@@ -86,8 +92,7 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         """Add one duration in seconds (>= 0, finite); anything else is refused and nothing is recorded."""
-        if not (value >= 0.0 and value != math.inf):  # also refuses NaN
-            raise ValueError(f"a duration must be a finite number >= 0 seconds, got {value!r}")
+        check_duration(value)
         pending = self._pending
         pending.append(value)
         if len(pending) >= _FOLD_AT:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from labkit.monitoring.histogram import DEFAULT_BUCKETS, Histogram, Rolling
+from labkit.monitoring.histogram import DEFAULT_BUCKETS, Histogram, Rolling, check_duration
 
 __all__ = ["Metrics", "MetricsView"]
 
@@ -238,11 +238,12 @@ class Metrics:
         Kept aside and written in a batch (see the module docstring); a duration no histogram takes is refused
         here, with nothing recorded."""
         for value in (record.latency_s, record.ttft_s, *(stages.values() if stages else ())):
-            if value is not None and not (value >= 0.0 and value != math.inf):  # also refuses NaN
-                raise ValueError(f"a duration must be a finite number >= 0 seconds, got {value!r}")
+            if value is not None:
+                check_duration(value)
         gaps = itl if isinstance(itl, list) else list(itl)
         if gaps and not (min(gaps) >= 0.0 and math.isfinite(sum(gaps))):  # a NaN or an infinity makes the sum one
-            raise ValueError(f"a duration must be a finite number >= 0 seconds, got one of {gaps!r}")
+            for gap in gaps:  # only to name the bad one
+                check_duration(gap)
         slot = self.rolling.current()
         if slot is not self._pending_slot:
             self.flush()
