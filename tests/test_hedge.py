@@ -5,12 +5,12 @@ import asyncio
 import gc
 
 import pytest
-from conftest import answers, hangs
+from conftest import answers, completion, hangs
 
 from labkit.chain import Chain
 from labkit.lab.services import start_sim
 from labkit.layers.balancer import Backend, Balancer
-from labkit.layers.hedge import HedgeLayer, SampleWindow
+from labkit.layers.hedge import SAMPLE_BATCH, HedgeLayer, SampleWindow
 from labkit.percentiles import percentile
 from labkit.transports.sdk import OpenAITransport
 
@@ -112,8 +112,74 @@ def test_the_delay_is_the_quantile_of_observed_first_tokens():
     assert hedge.delay_s() == pytest.approx(0.901)
 
 
+async def test_past_min_samples_answer_times_join_the_window_a_batch_at_a_time():
+    hedge = HedgeLayer(min_samples=5)
+    chain = Chain(answers, [hedge])
+    for _ in range(5):
+        await chain.complete("hi", model="gpt-4o")
+    assert len(hedge.samples) == 5 and hedge.delay_s() is not None  # the warm-up counts every answer at once
+    for _ in range(SAMPLE_BATCH - 1):
+        await chain.complete("hi", model="gpt-4o")
+    assert len(hedge.samples) == 5
+    await chain.complete("hi", model="gpt-4o")
+    assert len(hedge.samples) == 5 + SAMPLE_BATCH
+
+
+class SlowPrimaries:
+    """An upstream where every call takes `primary_s`, and a hedge's call (it avoids the primary's endpoint)
+    `hedge_s`: set them equal and every hedge loses, make the hedge quicker and every hedge wins."""
+
+    def __init__(self, primary_s: float, hedge_s: float) -> None:
+        self.primary_s, self.hedge_s = primary_s, hedge_s
+
+    async def __call__(self, request):
+        await asyncio.sleep(self.hedge_s if "avoid_endpoints" in request.controls else self.primary_s)
+        return completion(request.model)
+
+
+def hedging(upstream, **kwargs):
+    hedge = HedgeLayer(delay_s=0.01, max_share=1.0, burst=100, **kwargs)
+    return Chain(upstream, [hedge]), hedge
+
+
+async def test_after_a_run_of_lost_hedges_only_one_due_hedge_in_probe_every_is_sent():
+    chain, hedge = hedging(SlowPrimaries(0.03, 0.03), futile_after=3, probe_every=2)
+    for _ in range(7):
+        await chain.complete("hi", model="gpt-4o")
+    # three lost hedges, then every other due hedge held back: paused, probe, paused, probe
+    assert (hedge.stats.hedged, hedge.stats.paused, hedge.stats.hedge_won) == (5, 2, 0)
+
+
+async def test_a_probe_that_wins_ends_the_pause():
+    upstream = SlowPrimaries(0.03, 0.03)
+    chain, hedge = hedging(upstream, futile_after=2, probe_every=3)
+    for _ in range(4):  # two lost hedges, then two due hedges held back
+        await chain.complete("hi", model="gpt-4o")
+    upstream.hedge_s = 0.0  # from now on a hedge answers first
+    for _ in range(3):  # the probe wins; the next two hedges are sent again
+        await chain.complete("hi", model="gpt-4o")
+    assert (hedge.stats.hedged, hedge.stats.paused, hedge.stats.hedge_won) == (5, 2, 3)
+
+
+def test_the_delay_follows_samples_added_to_the_window_directly():
+    hedge = HedgeLayer(quantile=50, min_samples=1)
+    hedge.samples.append(0.2)
+    assert hedge.delay_s() == pytest.approx(0.2)
+    hedge.samples.append(0.4)
+    assert hedge.delay_s() == pytest.approx(0.3)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"quantile": 100}, {"max_share": 1.5}, {"min_samples": 0}, {"delay_s": -1}, {"burst": 0.5}]
+    "kwargs",
+    [
+        {"quantile": 100},
+        {"max_share": 1.5},
+        {"min_samples": 0},
+        {"delay_s": -1},
+        {"burst": 0.5},
+        {"futile_after": 0},
+        {"probe_every": 0},
+    ],
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):

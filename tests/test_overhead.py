@@ -41,6 +41,8 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(report):
         assert figures["meets_target"] == (figures["ratio_without_semantic"] <= report["target_ratio"])
         low, high = figures["ratio_without_semantic_ci95"]
         assert low <= figures["ratio_without_semantic"] <= high
+        assert set(figures["hedges"]) == {"sent", "won", "paused"}
+        assert figures["hedges"]["won"] <= figures["hedges"]["sent"]
 
 
 @pytest.mark.timeout(180)
@@ -57,6 +59,7 @@ def test_the_overhead_bench_switches_off_what_it_is_told_and_says_so(tmp_path):
     run_module("labkit.lessons.overhead", *args, timeout=170)
     report = json.loads(out.read_text())
     assert report["switched_off"] == ["dedup", "hedge"]
+    assert all(report[kind]["hedges"] is None for kind in ("lean", "sdk"))
     assert all(report[kind]["ratio_without_semantic"] > 0 for kind in ("lean", "sdk"))
 
 

@@ -9,7 +9,10 @@ How this layer does it, for streams and plain requests alike:
 
 1. It keeps the last `window` times to first token (or, for plain requests, to the answer) of the attempts that
    answered, and hedges after their `quantile`; with fewer than `min_samples` it does not hedge (or uses
-   `delay_s` if given, a fixed delay).
+   `delay_s` if given, a fixed delay). Past the first `min_samples`, new times join the window
+   `SAMPLE_BATCH` at a time and the delay is worked out again only then: a window of 500 moves little in 16
+   answers, and adding each time and reading the quantile on every request were a good part of this layer's
+   client CPU per request (`python -m labkit.lessons.overhead --bench --layers`).
 2. The primary attempt runs as a task. If it has no first token by the delay, a secondary attempt starts, asking
    the balancer below to avoid the primary's endpoint (`controls["avoid_endpoints"]`, learned from
    `controls["route_log"]`, as the retry layer does).
@@ -19,6 +22,13 @@ How this layer does it, for streams and plain requests alike:
    error is raised.
 4. **A cap**: hedges are paid from a token bucket that gains `max_share` per request (at most `burst`), so hedges
    stay at most `max_share` of the traffic even when everything is slow (when hedging would only add load).
+5. **Futile hedges pause**: after `futile_after` hedges in a row that lost (the primary answered first, or both
+   failed), only one due hedge in `probe_every` is sent, until one wins. A hedge helps when the tail is *where*
+   a request went; when it is a queue both copies share (this process's own event loop, one busy service), the
+   copy waits in the same queue and only adds load. Measured here: in `python -m labkit.lessons.overhead
+   --bench` every one of the default chain's hedges lost (about 1 % of the requests, each a second request
+   cancelled mid-flight), the largest single cost of the chain on a cache miss; in lesson 10's tail (5 % of first
+   bytes a second late) about half of them win, so a run of 20 losses does not happen there.
 
 Place it under the retry layer (`[metrics, retry, hedge]` over a balancer): a hedged pair is one attempt for the
 retry layer, and both endpoints tried go into its route log.
@@ -37,11 +47,15 @@ from typing import Any, NamedTuple
 
 from labkit.attempt import until_first_token
 from labkit.chain import Handler, Result
+from labkit.deadlines import Deadline, Deadlines
 from labkit.percentiles import sorted_percentile
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
 
-__all__ = ["HedgeLayer", "HedgeStats", "SampleWindow"]
+__all__ = ["SAMPLE_BATCH", "HedgeLayer", "HedgeStats", "SampleWindow"]
+
+#: Answers' times kept aside before they join the sample window (once the window has `min_samples`).
+SAMPLE_BATCH = 16
 
 
 @dataclasses.dataclass
@@ -52,6 +66,7 @@ class HedgeStats:
     primary_won: int = 0  # the primary answered first although a hedge had started
     losers_cancelled: int = 0
     capped: int = 0  # a hedge was due but the cap said no
+    paused: int = 0  # a hedge was due but the last `futile_after` hedges had all lost (and it was not a probe)
     both_failed: int = 0
 
     @property
@@ -72,6 +87,7 @@ class SampleWindow:
     def __init__(self, maxlen: int) -> None:
         self._order: deque[float] = deque(maxlen=maxlen)
         self._sorted: list[float] = []
+        self.version = 0  # changes with every sample: a reader may keep what it worked out from the samples until then
 
     def append(self, value: float) -> None:
         order = self._order
@@ -79,6 +95,7 @@ class SampleWindow:
             del self._sorted[bisect.bisect_left(self._sorted, order[0])]
         order.append(value)
         bisect.insort(self._sorted, value)
+        self.version += 1
 
     def extend(self, values: Iterable[float]) -> None:
         for value in values:
@@ -108,6 +125,8 @@ class HedgeLayer:
         burst: float = 5.0,
         delay_s: float | None = None,
         min_delay_s: float = 0.0,
+        futile_after: int = 20,
+        probe_every: int = 10,
     ) -> None:
         if not 0.0 < quantile < 100.0:
             raise ValueError(f"quantile must be in (0, 100), got {quantile!r}")
@@ -119,6 +138,8 @@ class HedgeLayer:
             raise ValueError(f"delay_s must be >= 0 or None, got {delay_s!r}")
         if burst < 1:
             raise ValueError("burst must be >= 1 (one hedge)")
+        if not isinstance(futile_after, int) or futile_after < 1 or not isinstance(probe_every, int) or probe_every < 1:
+            raise ValueError("futile_after and probe_every must be integers >= 1")
         self.quantile = quantile
         self.min_samples = min_samples
         self.max_share = max_share
@@ -128,14 +149,25 @@ class HedgeLayer:
         self.samples = SampleWindow(window)
         self.stats = HedgeStats()
         self._tokens = burst if max_share > 0 else 0.0
+        self._timers = Deadlines()  # one loop timer for every request's hedge delay
+        self.futile_after = futile_after
+        self.probe_every = probe_every
+        self._lost = 0  # hedges lost in a row (reset by a win)
+        self._passed_over = 0  # due hedges not sent since the last probe
+        self._fresh: list[float] = []  # answers' times not in `samples` yet (see the module docstring)
+        self._delay: float | None = None
+        self._delay_of = -1  # the `samples.version` `_delay` was worked out from
 
     def delay_s(self) -> float | None:
         """When to hedge: the fixed delay, else the quantile of recent samples (None: not enough samples)."""
         if self.fixed_delay_s is not None:
             return self.fixed_delay_s
-        if len(self.samples) < self.min_samples:
-            return None
-        return max(self.min_delay_s, float(self.samples.percentile(self.quantile) or 0.0))
+        samples = self.samples
+        if samples.version != self._delay_of:
+            self._delay_of = samples.version
+            enough = len(samples) >= self.min_samples
+            self._delay = max(self.min_delay_s, float(samples.percentile(self.quantile) or 0.0)) if enough else None
+        return self._delay
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         self.stats.requests += 1
@@ -171,7 +203,6 @@ class HedgeLayer:
         a request that is never hedged). A secondary that reaches its first token first stops the primary the way
         `asyncio.timeout` stops a body: it cancels the caller's task, and the cancellation, caught here, is
         turned into the secondary's answer (a cancellation of the caller's own still propagates)."""
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         race = _Race()
@@ -189,14 +220,19 @@ class HedgeLayer:
             if self._tokens < 1.0:
                 self.stats.capped += 1
                 return
+            if self._lost >= self.futile_after and self._passed_over < self.probe_every - 1:
+                self._passed_over += 1
+                self.stats.paused += 1
+                return
+            self._passed_over = 0
             self._tokens -= 1.0
             self.stats.hedged += 1
             avoid = [*request.controls.get("avoid_endpoints", ()), *log_a.picked()]
             second = request.with_controls(route_log=log_b, avoid_endpoints=avoid)
-            race.secondary = loop.create_task(_attempt(second, call_next))
+            race.secondary = asyncio.get_running_loop().create_task(_attempt(second, call_next))
             race.secondary.add_done_callback(secondary_done)
 
-        race.timer = loop.call_later(delay, start_secondary)
+        race.timer = self._timers.call_later(delay, start_secondary)
         cancelling = task.cancelling()
         try:
             started = time.monotonic()  # `_attempt`, inlined for the primary: one coroutine less per request
@@ -207,7 +243,7 @@ class HedgeLayer:
         except asyncio.CancelledError:
             race.settled = True
             if race.won and task.uncancel() <= cancelling:  # our own cancellation: the secondary won
-                self.stats.hedge_won += 1
+                self._won()
                 self.stats.losers_cancelled += 1
                 assert race.secondary is not None
                 return self._keep(race.secondary.result())
@@ -217,7 +253,7 @@ class HedgeLayer:
             race.settled = True
             if race.won:  # the secondary won while the primary was failing: the cancellation was not delivered
                 task.uncancel()
-                self.stats.hedge_won += 1
+                self._won()
                 assert race.secondary is not None
                 return self._keep(race.secondary.result())
             if race.timer is not None or race.secondary is None:  # no hedge running: the primary's error is it
@@ -229,18 +265,25 @@ class HedgeLayer:
                 await self._stop(race)
                 raise
             except Exception:
+                self.stats.both_failed += 1
+                self._lost += 1
                 raise error from None  # both failed: the primary's error, as before a hedge
-            self.stats.hedge_won += 1
+            self._won()
             return self._keep(outcome)
         race.settled = True
         if race.won:  # the primary finished although its cancellation was asked for: keep it, undo the request
             task.uncancel()
         if race.secondary is not None:
             self.stats.primary_won += 1
+            self._lost += 1
             await self._stop(race)
         elif race.timer is not None:  # the common end: no hedge started, only its timer to cancel (no await)
             race.timer.cancel()
         return self._keep(outcome)
+
+    def _won(self) -> None:
+        self.stats.hedge_won += 1
+        self._lost = 0
 
     async def _stop(self, race: _Race) -> None:
         """No hedge after this: cancel the timer, and stop a running or finished secondary attempt."""
@@ -252,7 +295,11 @@ class HedgeLayer:
 
     def _keep(self, outcome: tuple[Result, float]) -> Result:
         result, first_s = outcome
-        self.samples.append(first_s)
+        fresh = self._fresh
+        fresh.append(first_s)
+        if len(fresh) >= SAMPLE_BATCH or len(self.samples) < self.min_samples:
+            self.samples.extend(fresh)
+            fresh.clear()
         return result
 
     async def _cancel(self, task: asyncio.Task[Any]) -> None:
@@ -288,7 +335,7 @@ class _Race:
     __slots__ = ("secondary", "settled", "timer", "won")
 
     def __init__(self) -> None:
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Deadline | None = None
         self.secondary: asyncio.Task[Any] | None = None
         self.settled = False  # the primary's outcome is in: the secondary can no longer interrupt it
         self.won = False  # the secondary reached its first token first and the caller's task was cancelled

@@ -50,6 +50,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from labkit.attempt import chunk_text, until_first_token
 from labkit.chain import Handler, Result
+from labkit.deadlines import Deadlines
 from labkit.errors import DeadlineExceeded, ErrorInfo, MidStreamError, StreamError, classify
 from labkit.request import ChatRequest
 from labkit.stream import ChunkStream
@@ -215,6 +216,7 @@ class RetryLayer:
         self.stats = RetryStats()
         self._rng = random.Random(seed)
         self._sleep = sleep
+        self._timers = Deadlines()  # one loop timer for every request's deadline
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
         stats = self.stats
@@ -292,7 +294,7 @@ class RetryLayer:
             expired.append(True)
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_at(deadline_at, expire)
+        timer = self._timers.call_at(deadline_at, expire)
         try:
             result = await call_next(request)  # `_until_answer`, inlined: one coroutine less per request
             if isinstance(result, ChunkStream):

@@ -196,6 +196,7 @@ async def measure(
             lean_chain = build_chain(config.without("semantic"), endpoint)
             try:
                 target = await compare({"bare": bare, "default_chain_without_semantic": lean_chain.chain}, **sizes)
+                hedge = lean_chain.hedge
             finally:
                 await lean_chain.aclose()
             full_chain = build_chain(config, endpoint)
@@ -218,6 +219,11 @@ async def measure(
             "ratio_with_semantic": round(full.ratio, 3),
             "semantic_cost_per_miss_ms": round(semantic_cost * 1e3, 3),
             "meets_target": round(target.ratio, 3) <= TARGET_RATIO,
+            # a hedge is a second request: how many the measured chain sent, how many answered first, how many it
+            # held back once hedges kept losing (labkit.layers.hedge)
+            "hedges": None
+            if hedge is None
+            else {"sent": hedge.stats.hedged, "won": hedge.stats.hedge_won, "paused": hedge.stats.paused},
         }
     return results
 

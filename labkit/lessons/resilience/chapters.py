@@ -272,9 +272,18 @@ def balancer_chart(balancing: Mapping[str, Any], phase: str = "one slows down") 
 
 
 def hedge_table(hedging: Mapping[str, Any]) -> pd.DataFrame:
-    """Per arm: TTFT percentiles, extra upstream requests, disconnects (cancelled losers) and cost."""
+    """Per arm: TTFT percentiles, extra upstream requests, hedges sent and won, disconnects (cancelled losers) and
+    cost."""
     keys = ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "extra_upstream_share", "disconnects", "cost_usd")
-    return viz.table({arm: {k: r[k] for k in keys} for arm, r in hedging.items()})
+    rows = {}
+    for arm, r in hedging.items():
+        stats = r.get("hedge") or {}
+        rows[arm] = {
+            **{k: r[k] for k in keys},
+            "hedges_sent": stats.get("hedged", 0),
+            "hedges_won": stats.get("hedge_won", 0),
+        }
+    return viz.table(rows)
 
 
 def hedge_chart(hedging: Mapping[str, Any]) -> go.Figure:
