@@ -370,6 +370,7 @@ class AdmissionLayer:
         # a budget in this process may offer these without an await (optional methods of a budget)
         self._take_now: Callable[[int], float] | None = getattr(budget, "try_acquire_now", None)
         self._refund_now: Callable[[int, int, int], None] | None = getattr(budget, "refund_now", None)
+        self._roomy: Callable[[int], bool] | None = getattr(budget, "roomy", None)
         self._paused_until = 0.0
 
     async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
@@ -382,12 +383,15 @@ class AdmissionLayer:
                 await self._wait_for_budget(estimate, now)
                 now = time.monotonic()
             ticket = self.budget.ticket()
-            self.stats.first_admitted_at = self.stats.first_admitted_at or now
-            self.stats.last_admitted_at = now
-            self.stats.admitted += 1
-            self.stats.estimated_tokens += estimate
-            self.stats.in_flight += 1
-            self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+            stats = self.stats
+            if stats.first_admitted_at is None:
+                stats.first_admitted_at = now
+            stats.last_admitted_at = now
+            stats.admitted += 1
+            stats.estimated_tokens += estimate
+            stats.in_flight += 1
+            if stats.in_flight > stats.peak_in_flight:
+                stats.peak_in_flight = stats.in_flight
             try:
                 result = await call_next(request)
             except openai.APIStatusError as error:
@@ -405,7 +409,7 @@ class AdmissionLayer:
             if self._refund_now is None:
                 await self._settle(estimate, used, _headers(result), ticket)
             else:  # a budget in this process: settled without an await
-                self._settle_now(estimate, used, _headers(result), ticket)
+                self._settle_now(estimate, used, result, ticket)
             return result
         finally:
             if release:
@@ -413,7 +417,7 @@ class AdmissionLayer:
 
     def _estimate(self, request: ChatRequest) -> int:
         """The tokens to charge: the exact estimate, or its cheap upper bound while the budget is roomy."""
-        roomy = getattr(self.budget, "roomy", None)
+        roomy = self._roomy
         if roomy is not None:
             bound = token_bound(request, self.default_completion)
             if roomy(bound):
@@ -449,12 +453,14 @@ class AdmissionLayer:
             await self.budget.refund(overcharged, ticket=ticket)
         self._sync(headers, ticket)
 
-    def _settle_now(self, estimate: int, used: int | None, headers: Mapping[str, str] | None, ticket: int) -> None:
-        """`_settle` for a budget in this process (its `refund_now`), without an await."""
+    def _settle_now(self, estimate: int, used: int | None, result: ChatCompletion, ticket: int) -> None:
+        """`_settle` for a budget in this process (its `refund_now`), without an await. The answer's headers are
+        looked up only when a sync is due (a private attribute of a pydantic model is not a cheap read)."""
         overcharged = self._overcharged(estimate, used)
         if overcharged and self._refund_now is not None:
             self._refund_now(overcharged, 0, ticket)
-        self._sync(headers, ticket)
+        if time.monotonic() >= self._next_sync:
+            self._sync(_headers(result), ticket)
 
     def _overcharged(self, estimate: int, used: int | None) -> int:
         """What the charge exceeded the answer's actual usage by (0 when usage is unknown)."""
