@@ -71,6 +71,28 @@ def test_a_batch_with_a_bad_duration_is_refused_whole(bad):
     assert hist.count == 1 and hist.sum == 0.5 and hist.cumulative()[-1] == (math.inf, 1)
 
 
+def test_a_few_values_at_once_record_what_one_by_one_observations_would():
+    values = [*lognormal(300, seed=6), 0.0, 1.0]  # past the point where kept values go into the sketch
+    few, single = Histogram(), Histogram()
+    for start in range(0, len(values), 64):
+        few.observe_many(values[start : start + 64])
+    for value in values:
+        single.observe(value)
+    assert few.count == single.count and few.cumulative() == single.cumulative()
+    assert (few.min, few.max) == (single.min, single.max) and few.sum == pytest.approx(single.sum)
+    for q in (0.0, 0.01, 0.5, 0.99, 1.0):
+        assert few.quantile(q) == single.quantile(q)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
+def test_a_few_values_with_a_bad_one_are_refused_whole(bad):
+    hist = Histogram()
+    hist.observe(0.5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        hist.observe_many([0.1, bad, 0.2])
+    assert hist.count == 1 and hist.sum == 0.5 and hist.cumulative()[-1] == (math.inf, 1)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         Histogram(relative_accuracy=0)
@@ -133,6 +155,20 @@ def test_metrics_keep_totals_and_the_last_window_apart():
     assert total["requests"] == 10 and total["error_rate"] == 0.5
     assert window["requests"] == 5 and window["error_rate"] == 0.0 and window["cache_hit_rate"] == 1.0
     assert total["cost_usd"] == pytest.approx(0.05) and total["saved_usd"] == pytest.approx(0.05)
+
+
+def test_a_batch_counts_each_requests_tokens_and_cost_under_its_source():
+    metrics = Metrics()
+    for i in range(BATCH + 3):
+        metrics.record(record(source="upstream" if i % 3 else "cache"))
+    total = metrics.view()
+    hits = sum(1 for i in range(BATCH + 3) if i % 3 == 0)
+    assert total.counter("requests", source="cache") == hits
+    assert total.counter("cost_usd", source="cache") == pytest.approx(0.01 * hits)
+    assert total.counter("cost_usd", source="upstream") == pytest.approx(0.01 * (BATCH + 3 - hits))
+    assert total.counter("tokens", kind="input") == 10 * (BATCH + 3) and total.counter("tokens", kind="output") == 5 * (
+        BATCH + 3
+    )
 
 
 def test_every_recorded_request_is_counted_across_batches_and_sub_windows():

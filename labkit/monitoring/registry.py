@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -259,38 +259,51 @@ class Metrics:
             return
         self._pending = []
         assert self._pending_slot is not None
-        slot = self._enter(self._pending_slot)
-        for record, itl, stages in pending:
-            self._write(slot, record, itl, stages)
+        self._write(self._enter(self._pending_slot), pending)
 
-    def _write(self, slot: _Slot, record: _Record, gaps: list[float], stages: Mapping[str, float] | None) -> None:
+    def _write(self, slot: _Slot, pending: list[tuple[_Record, list[float], Mapping[str, float] | None]]) -> None:
+        """Count a batch of requests in `slot`: each histogram's values in one `observe_many` (every gap between
+        chunks in one `extend`), the token and cost counters once per batch."""
         counts = slot.counts
-        outcome = outcome_class(record.outcome)
-        source = record.source
-        counts[("requests", (("outcome", outcome), ("source", source)))] += 1  # labels sorted by name, as `count`
-        if outcome == "error":
-            counts[("errors", (("error", record.outcome),))] += 1
-        latency = record.latency_s
-        if outcome == "ok" and latency is not None:
-            self._hist(slot, "request_duration").observe(latency)
-        if record.ttft_s is not None:
-            self._hist(slot, "ttft").observe(record.ttft_s)
-            self._hist(slot, "ttfb").observe(record.ttft_s)
-        elif not record.stream and outcome == "ok" and latency is not None:
-            self._hist(slot, "ttfb").observe(latency)
+        values: defaultdict[str, list[float]] = defaultdict(list)
+        durations, ttfb, ttft, gaps = values["request_duration"], values["ttfb"], values["ttft"], []
+        tokens = [0, 0, 0]  # input, output, cached
+        cost = {"upstream": 0.0, "cache": 0.0}
+        for record, itl, stages in pending:
+            outcome = outcome_class(record.outcome)
+            source = record.source
+            counts[("requests", (("outcome", outcome), ("source", source)))] += 1  # labels sorted by name
+            if outcome == "error":
+                counts[("errors", (("error", record.outcome),))] += 1
+            latency = record.latency_s
+            if outcome == "ok" and latency is not None:
+                durations.append(latency)
+            if record.ttft_s is not None:
+                ttft.append(record.ttft_s)
+                ttfb.append(record.ttft_s)
+            elif not record.stream and outcome == "ok" and latency is not None:
+                ttfb.append(latency)
+            if itl:
+                gaps += itl
+            if stages:
+                for stage, seconds in stages.items():
+                    values[f"stage:{stage}"].append(seconds)
+            tokens[0] += record.prompt_tokens
+            tokens[1] += record.completion_tokens
+            tokens[2] += record.cached_tokens
+            if record.cost_usd:
+                cost["upstream" if source == "upstream" else "cache"] += record.cost_usd
+        for name, observed in values.items():
+            if observed:
+                self._hist(slot, name).observe_many(observed)
         if gaps:
             self._hist(slot, "itl").extend(gaps)
-        if stages:
-            for stage, seconds in stages.items():
-                self._hist(slot, f"stage:{stage}").observe(seconds)
-        if record.prompt_tokens:
-            counts[("tokens", (("kind", "input"),))] += record.prompt_tokens
-        if record.completion_tokens:
-            counts[("tokens", (("kind", "output"),))] += record.completion_tokens
-        if record.cached_tokens:
-            counts[("tokens", (("kind", "cached"),))] += record.cached_tokens
-        if record.cost_usd:
-            counts[("cost_usd", (("source", "upstream" if source == "upstream" else "cache"),))] += record.cost_usd
+        for kind, n in zip(("input", "output", "cached"), tokens, strict=True):
+            if n:
+                counts[("tokens", (("kind", kind),))] += n
+        for source, usd in cost.items():
+            if usd:
+                counts[("cost_usd", (("source", source),))] += usd
 
     def reset(self) -> None:
         self._pending, self._pending_slot = [], None
