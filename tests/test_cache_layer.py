@@ -313,6 +313,15 @@ async def test_an_answer_memory_evicts_is_served_from_the_spill_tier(transport, 
     assert again.choices[0].message.content == first.choices[0].message.content
 
 
+async def test_a_miss_no_lower_tier_may_hold_counts_a_miss_there_without_asking_it(transport, spill):
+    chain, layer, upstream = build(transport, [MemoryTier(max_entries=2), spill])
+    asked: list[str] = []
+    spill.get = lambda key: asked.append(key)  # notes any read (the layer would then count the tier as failing)
+    await chain(ask("never stored"))
+    assert upstream.calls == 1 and asked == []
+    assert layer.stats.tiers["sqlite"].misses == 1 and layer.stats.tiers["memory"].misses == 1
+
+
 async def test_clearing_memory_spills_nothing(transport, spill):
     memory = MemoryTier(max_entries=2)
     chain, _, _ = build(transport, [memory, spill])

@@ -247,8 +247,9 @@ class CacheLayer:
                     self.stats.tiers[l1.name].hits += 1
                     return self._serve(entry, l1.name, request, ctl)
                 self.stats.tiers[l1.name].misses += 1
-            if len(self.tiers) > (l1 is not None):
-                found = await self._lookup(key, 1 if l1 is not None else 0)
+            start = 1 if l1 is not None else 0
+            if len(self.tiers) > start and self._may_be_below(key, start):
+                found = await self._lookup(key, start)
                 if found is not None:
                     self.stats.hits += 1
                     return self._serve(found[0], found[1], request, ctl)
@@ -301,6 +302,17 @@ class CacheLayer:
         return completion
 
     # -- tiers ---------------------------------------------------------------------------------------------
+
+    def _may_be_below(self, key: str, start: int) -> bool:
+        """Whether a tier from `start` on may hold `key`. When none may (the default chain's private L3 on a key it
+        never stored), each counts its miss here and `_lookup`, a coroutine, is not even started."""
+        may_hold = self._may_hold
+        for i in range(start, len(may_hold)):
+            if may_hold[i](key):
+                return True
+        for tier in self.tiers[start:]:
+            self.stats.tiers[tier.name].misses += 1
+        return False
 
     async def _lookup(self, key: str, start: int = 0) -> tuple[Entry, str] | None:
         """Look `key` up in the tiers from `start` on; a hit is promoted into the tiers above it."""
