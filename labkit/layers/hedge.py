@@ -25,10 +25,11 @@ How this layer does it, for streams and plain requests alike:
 5. **Futile hedges pause**: after `futile_after` hedges in a row that lost (the primary answered first, or both
    failed), only one due hedge in `probe_every` is sent, until one wins. A hedge helps when the tail is *where*
    a request went; when it is a queue both copies share (this process's own event loop, one busy service), the
-   copy waits in the same queue and only adds load. Measured here: in `python -m labkit.lessons.overhead
-   --bench` every one of the default chain's hedges lost (about 1 % of the requests, each a second request
-   cancelled mid-flight), the largest single cost of the chain on a cache miss; in lesson 10's tail (5 % of first
-   bytes a second late) about half of them win, so a run of 20 losses does not happen there.
+   copy waits in the same queue and only adds load, a second request cancelled mid-flight. Both show in this
+   repository: in `python -m labkit.lessons.overhead --bench` (a client whose requests queue behind each other's
+   CPU) none of the default chain's hedges wins (its JSON counts them); in lesson 10's tail (5 % of first bytes a
+   second late, on a service that is otherwise quick) most do (its hedge table counts them), so a run of 20 losses
+   does not happen there.
 
 Place it under the retry layer (`[metrics, retry, hedge]` over a balancer): a hedged pair is one attempt for the
 retry layer, and both endpoints tried go into its route log.
