@@ -407,7 +407,7 @@ class AdmissionLayer:
             self.stats.in_flight -= 1
             used = result.usage.total_tokens if result.usage else None
             if self._refund_now is None:
-                await self._settle(estimate, used, _headers(result), ticket)
+                await self._settle(estimate, used, result, ticket)
             else:  # a budget in this process: settled without an await
                 self._settle_now(estimate, used, result, ticket)
             return result
@@ -446,21 +446,19 @@ class AdmissionLayer:
             self._queued -= 1
         self.stats.waited_s += time.monotonic() - t0
 
-    async def _settle(self, estimate: int, used: int | None, headers: Mapping[str, str] | None, ticket: int) -> None:
+    async def _settle(self, estimate: int, used: int | None, answer: Result, ticket: int) -> None:
         """Correct the charge with the actual usage, then align with what the service says is left."""
         overcharged = self._overcharged(estimate, used)
         if overcharged:
             await self.budget.refund(overcharged, ticket=ticket)
-        self._sync(headers, ticket)
+        self._sync(answer, ticket)
 
-    def _settle_now(self, estimate: int, used: int | None, result: ChatCompletion, ticket: int) -> None:
-        """`_settle` for a budget in this process (its `refund_now`), without an await. The answer's headers are
-        looked up only when a sync is due (a private attribute of a pydantic model is not a cheap read)."""
+    def _settle_now(self, estimate: int, used: int | None, answer: ChatCompletion, ticket: int) -> None:
+        """`_settle` for a budget in this process (its `refund_now`), without an await."""
         overcharged = self._overcharged(estimate, used)
         if overcharged and self._refund_now is not None:
             self._refund_now(overcharged, 0, ticket)
-        if time.monotonic() >= self._next_sync:
-            self._sync(_headers(result), ticket)
+        self._sync(answer, ticket)
 
     def _overcharged(self, estimate: int, used: int | None) -> int:
         """What the charge exceeded the answer's actual usage by (0 when usage is unknown)."""
@@ -469,11 +467,15 @@ class AdmissionLayer:
         self.stats.used_tokens += used
         return max(0, estimate - used)
 
-    def _sync(self, headers: Mapping[str, str] | None, ticket: int) -> None:
+    def _sync(self, answer: Result, ticket: int) -> None:
+        """Align the budget with the answer's rate-limit headers, read at most once every `sync_interval_s`. The
+        clock is checked before the headers are looked up: on a completion they are a private attribute of a
+        pydantic model, not a cheap read."""
+        now = time.monotonic()
+        if now < self._next_sync:
+            return
+        headers = _headers(answer)
         if headers:
-            now = time.monotonic()
-            if now < self._next_sync:
-                return
             self._next_sync = now + self.sync_interval_s
             self.stats.header_syncs += 1
             self.budget.sync(ratelimit_headers(headers), ticket)
@@ -502,12 +504,16 @@ class AdmissionLayer:
         finally:
             self.stats.in_flight -= 1
             self._slots.release()
-            await self._settle(estimate, used, stream.info.get("headers"), ticket)
+            await self._settle(estimate, used, stream, ticket)
 
 
-def _headers(result: ChatCompletion) -> Mapping[str, str] | None:
-    """The response headers `OpenAITransport` keeps on a completion (absent for a cached answer)."""
-    return getattr(result, "_headers", None)
+def _headers(answer: Result) -> Mapping[str, str] | None:
+    """The response headers a transport keeps with an answer: a stream's `info["headers"]`, a completion's private
+    `_headers` attribute (absent for a cached answer)."""
+    if isinstance(answer, ChunkStream):
+        headers: Mapping[str, str] | None = answer.info.get("headers")
+        return headers
+    return getattr(answer, "_headers", None)
 
 
 def little_concurrency(rpm: float, latency_s: float) -> int:
