@@ -36,7 +36,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "Rolling", "check_duration"]
+__all__ = ["DEFAULT_BUCKETS", "Histogram", "Rolling", "check_duration", "check_durations"]
 
 #: Bucket upper bounds in seconds: from a cache hit (1 ms) to a long generation (60 s); 1 s is the TTFB SLO.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -48,6 +48,14 @@ def check_duration(value: float) -> None:
     """Refuse what no histogram takes: anything but a finite number of seconds >= 0 (NaN included)."""
     if not (value >= 0.0 and value != math.inf):  # NaN compares false
         raise ValueError(f"a duration must be a finite number >= 0 seconds, got {value!r}")
+
+
+def check_durations(values: Sequence[float]) -> None:
+    """`check_duration` for many values in one pass: the smallest must be >= 0 and the sum finite (a NaN or an
+    infinity makes the sum one); only a failing list is walked, to name the bad value with the same message."""
+    if values and not (min(values) >= 0.0 and math.isfinite(sum(values))):
+        for value in values:
+            check_duration(value)
 
 
 class Histogram:
@@ -112,10 +120,8 @@ class Histogram:
         `extend` is cheaper; for a batch of tens this pure-Python loop is (numpy's per-call cost dominates)."""
         if not values:
             return
+        check_durations(values)
         low, total = min(values), sum(values)
-        if not (low >= 0.0 and math.isfinite(total)):  # a NaN or an infinity makes the sum one
-            for value in values:  # only to name the bad one
-                check_duration(value)
         pending = self._pending
         pending.extend(values)
         if len(pending) >= _FOLD_AT:

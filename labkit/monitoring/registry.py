@@ -28,7 +28,6 @@ All in the event loop's thread: no locks (the Prometheus endpoint is an aiohttp 
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from labkit.monitoring.histogram import DEFAULT_BUCKETS, Histogram, Rolling, check_duration
+from labkit.monitoring.histogram import DEFAULT_BUCKETS, Histogram, Rolling, check_duration, check_durations
 
 __all__ = ["Metrics", "MetricsView"]
 
@@ -241,9 +240,7 @@ class Metrics:
             if value is not None:
                 check_duration(value)
         gaps = itl if isinstance(itl, list) else list(itl)
-        if gaps and not (min(gaps) >= 0.0 and math.isfinite(sum(gaps))):  # a NaN or an infinity makes the sum one
-            for gap in gaps:  # only to name the bad one
-                check_duration(gap)
+        check_durations(gaps)
         slot = self.rolling.current()
         if slot is not self._pending_slot:
             self.flush()
