@@ -55,7 +55,14 @@ class Deadlines:
 
     def call_at(self, when: float, callback: Callable[[], object]) -> Deadline:
         """Run `callback` at loop time `when` (as `loop.call_at`), unless the returned deadline is cancelled first."""
+        return self._push(asyncio.get_running_loop(), when, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Deadline:
+        """Run `callback` in `delay` seconds (as `loop.call_later`)."""
         loop = asyncio.get_running_loop()
+        return self._push(loop, loop.time() + delay, callback)
+
+    def _push(self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], object]) -> Deadline:
         if loop is not self._loop:
             self._rebind(loop)
         deadline = Deadline(self, callback)
@@ -63,10 +70,6 @@ class Deadlines:
         if when < self._armed_at:
             self._arm(loop, when)
         return deadline
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Deadline:
-        """Run `callback` in `delay` seconds (as `loop.call_later`)."""
-        return self.call_at(asyncio.get_running_loop().time() + delay, callback)
 
     def __len__(self) -> int:
         """Deadlines set and neither run nor cancelled."""
