@@ -7,6 +7,7 @@ list in `controls["upstream_log"]`: the tap appends the endpoint's name to it. I
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable
 
 from labkit.chain import Handler, Result
 from labkit.request import ChatRequest
@@ -19,12 +20,13 @@ class UpstreamTap:
         self.name = name
         self.counter = counter
 
-    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+    def __call__(self, request: ChatRequest, call_next: Handler) -> Awaitable[Result]:
+        """Count, then hand over the next handler's awaitable: no coroutine of the tap's own (`labkit.chain.Layer`)."""
         self.counter[self.name] += 1
         log = request.controls.get("upstream_log")
         if isinstance(log, list):
             log.append(self.name)
-        return await call_next(request)
+        return call_next(request)
 
 
 __all__ = ["UpstreamTap"]

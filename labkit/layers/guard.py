@@ -10,7 +10,7 @@ another failure than "the answer is too long" (the reader already sees half of i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Literal
 
 import openai
@@ -38,7 +38,14 @@ class StreamGuard:
         self.first_token_timeout_s = first_token_timeout_s
         self.total_timeout_s = total_timeout_s
 
-    async def __call__(self, request: ChatRequest, call_next: Handler) -> Result:
+    def __call__(self, request: ChatRequest, call_next: Handler) -> Awaitable[Result]:
+        """A plain request with no time limit passes straight through: the next handler's awaitable, not a
+        coroutine of the guard's (`labkit.chain.Layer`); anything else is guarded."""
+        if not request.stream and self.total_timeout_s is None and "stream_timeout" not in request.controls:
+            return call_next(request)
+        return self._guarded(request, call_next)
+
+    async def _guarded(self, request: ChatRequest, call_next: Handler) -> Result:
         total = request.controls.get("stream_timeout", self.total_timeout_s)
         loop = asyncio.get_running_loop()
         start = loop.time()
