@@ -226,6 +226,21 @@ async def test_admission_reads_rate_limit_headers_at_most_once_per_sync_interval
     assert layer.stats.header_syncs == 2 and layer.budget.requests.available() < 1
 
 
+async def test_an_answer_without_rate_limit_headers_also_waits_out_the_sync_interval():
+    headers = iter([None, {"x-ratelimit-remaining-requests": "0"}])
+
+    async def upstream(request):
+        answer = completion(request.model)
+        answer._headers = next(headers)
+        return answer
+
+    layer = AdmissionLayer(600, 60_000, burst_s=1.0, headroom=0.0, sync_interval_s=0.2)
+    chain = Chain(upstream, [layer])
+    await chain.complete("first", model="gpt-4o")  # looked at: no headers
+    await chain.complete("second", model="gpt-4o")  # within the interval: its "0 left" is not read
+    assert layer.stats.header_syncs == 0 and layer.budget.requests.available() > 5
+
+
 async def test_admission_passes_streams_through_and_frees_the_slot_when_closed(fresh_sim):
     layer = AdmissionLayer(10_000, 1_000_000, max_concurrency=1)
     async with OpenAITransport(fresh_sim.endpoint) as transport:

@@ -206,9 +206,11 @@ class LocalBudget:
     def roomy(self, tokens: int) -> bool:
         """Whether a charge of `tokens` is small (under 1 % of the token bucket) and leaves it more than half full:
         far from the limit, where the admission layer may charge an upper bound instead of counting (an optional
-        method of a budget; a budget without it is always charged the count)."""
+        method of a budget; a budget without it is always charged the count). The level is the one the last charge
+        or refund left, without a refill: it only grows with time, so the answer errs toward counting, and the
+        charge that follows refills the bucket anyway."""
         bucket = self.tokens
-        return tokens * 100 <= bucket.capacity and bucket.available() - tokens >= bucket.capacity / 2
+        return tokens * 100 <= bucket.capacity and bucket.level - tokens >= bucket.capacity / 2
 
     def ticket(self) -> int:
         return self._tickets
@@ -470,13 +472,14 @@ class AdmissionLayer:
     def _sync(self, answer: Result, ticket: int) -> None:
         """Align the budget with the answer's rate-limit headers, read at most once every `sync_interval_s`. The
         clock is checked before the headers are looked up: on a completion they are a private attribute of a
-        pydantic model, not a cheap read."""
+        pydantic model, not a cheap read. An answer without them (a service that sends none) also waits out the
+        interval: looking again on the next answer would find none there either."""
         now = time.monotonic()
         if now < self._next_sync:
             return
+        self._next_sync = now + self.sync_interval_s
         headers = _headers(answer)
         if headers:
-            self._next_sync = now + self.sync_interval_s
             self.stats.header_syncs += 1
             self.budget.sync(ratelimit_headers(headers), ticket)
 
