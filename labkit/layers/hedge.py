@@ -28,8 +28,9 @@ How this layer does it, for streams and plain requests alike:
    copy waits in the same queue and only adds load, a second request cancelled mid-flight. Both show in this
    repository: in `python -m labkit.lessons.overhead --bench` (a client whose requests queue behind each other's
    CPU) none of the default chain's hedges wins (its JSON counts them); in lesson 10's tail (5 % of first bytes a
-   second late, on a service that is otherwise quick) most do (its hedge table counts them), so a run of 20 losses
-   does not happen there.
+   second late, on a service that is otherwise quick) most do (its hedge table counts them). Ten losses in a row
+   is the default: where four hedges in five win it happens about once in ten million hedges, where one in five
+   wins about once in ten, and every loss before the pause costs a second request.
 
 Place it under the retry layer (`[metrics, retry, hedge]` over a balancer): a hedged pair is one attempt for the
 retry layer, and both endpoints tried go into its route log.
@@ -126,7 +127,7 @@ class HedgeLayer:
         burst: float = 5.0,
         delay_s: float | None = None,
         min_delay_s: float = 0.0,
-        futile_after: int = 20,
+        futile_after: int = 10,
         probe_every: int = 10,
     ) -> None:
         if not 0.0 < quantile < 100.0:
