@@ -14,6 +14,7 @@ from typing import Any
 from labkit.data import data_path
 
 PER_TOKENS = 1_000_000
+_SNAPSHOTS_KEPT = 1024  # model names resolved to a listed one (`PriceTable.price`); a bound, as names come from answers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ class PriceTable:
     source: str
     as_of: str
     batch_discount: float = 0.5
+    _snapshots: dict[str, Price | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: str | None = None) -> PriceTable:
@@ -42,11 +44,21 @@ class PriceTable:
         )
 
     def price(self, model: str) -> Price | None:
-        """The price of `model`, or of the longest listed name it starts with (dated snapshots)."""
-        if model in self.models:
-            return self.models[model]
+        """The price of `model`, or of the longest listed name it starts with (dated snapshots). The name a snapshot
+        resolves to is remembered: a real service names its snapshot in every answer, and the metrics layer prices
+        each one."""
+        price = self.models.get(model)
+        if price is not None:
+            return price
+        try:
+            return self._snapshots[model]
+        except KeyError:
+            pass
         matches = [name for name in self.models if model.startswith(name)]
-        return self.models[max(matches, key=len)] if matches else None
+        price = self.models[max(matches, key=len)] if matches else None
+        if len(self._snapshots) < _SNAPSHOTS_KEPT:
+            self._snapshots[model] = price
+        return price
 
     def cost(
         self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, *, batch: bool = False

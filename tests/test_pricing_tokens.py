@@ -28,6 +28,14 @@ def test_unknown_model_has_no_cost():
     assert cost("my-local-llama", 10, 10) is None
 
 
+def test_snapshot_names_resolved_from_answers_are_remembered_within_a_bound():
+    table = PriceTable.load()
+    names = [f"gpt-4o-mini-{i}" for i in range(3000)]  # more distinct names than the table remembers
+    assert all(table.price(name) == table.price("gpt-4o-mini") for name in names)
+    assert table.price(names[0]) == table.price("gpt-4o-mini")  # asked again: the same answer
+    assert len(table._snapshots) <= 1024
+
+
 def test_price_table_names_its_source_and_date():
     table = PriceTable.load()
     assert table.source and table.as_of

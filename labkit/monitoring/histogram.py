@@ -16,8 +16,9 @@ costs about 1.8 µs per `add` here (see `build/bench/monitoring.json`): negligib
 beside a stream's hundred inter-token gaps replayed from a cache. So `extend` records a batch with numpy: it groups
 the values by the sketch's bin (`ceil(log_gamma(x))`) and adds each bin once, with its count as the weight, through
 the sketch's public `add(value, weight)`. `observe` (one request's duration) keeps its value aside and adds
-what it kept the same way, in a batch, once 256 have gathered or before the sketch is read: a pure-Python `add`
-per value was a visible part of what the metrics layer cost each request (`python -m labkit.lessons.overhead`).
+what it kept the same way, in a batch, once 1024 have gathered or before the sketch is read: a pure-Python `add`
+per value was a visible part of what the metrics layer cost each request (`python -m labkit.lessons.overhead`); the
+larger the batch, the more of its values share a bin, so the fewer `add` calls per value.
 
 Beside the sketch, each histogram keeps classic cumulative bucket counts at fixed bounds: those are what a
 Prometheus histogram exposes (aggregatable across processes with `histogram_quantile`), and they give an exact
@@ -244,7 +245,7 @@ class Histogram:
         return f"Histogram(n={self.count}, p50={p50 * 1e3:.1f}ms, p95={p95 * 1e3:.1f}ms, p99={p99 * 1e3:.1f}ms)"
 
 
-_FOLD_AT = 256  # values `observe` keeps aside before adding them to the sketch in one batch
+_FOLD_AT = 1024  # values `observe` keeps aside before adding them to the sketch in one batch
 
 T = TypeVar("T")
 
