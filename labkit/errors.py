@@ -36,8 +36,10 @@ try:  # the SDK's own fork of httpx (openai >= 3); its transport errors are wrap
     import httpx2 as _httpx2
 
     TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, _httpx2.TransportError)
+    _HEADER_TYPES: tuple[type, ...] = (httpx.Headers, _httpx2.Headers)  # case-insensitive look-ups already
 except ImportError:  # pragma: no cover - older SDKs use httpx itself
     TRANSPORT_ERRORS = (httpx.TransportError,)
+    _HEADER_TYPES = (httpx.Headers,)
 
 __all__ = [
     "PERMANENT_STATUSES",
@@ -167,7 +169,7 @@ class ErrorInfo:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None and not isinstance(headers, httpx.Headers):  # plain dicts: look case-insensitively
+    if value is None and not isinstance(headers, _HEADER_TYPES):  # plain dicts: look case-insensitively
         lowered = {k.lower(): v for k, v in headers.items()}
         value = lowered.get(name)
     return value

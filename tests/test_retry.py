@@ -72,6 +72,11 @@ def test_retry_after_as_an_http_date_is_seconds_from_now():
     assert parse_retry_after({"retry-after-ms": "-5"}) is None
 
 
+def test_retry_after_is_read_from_the_sdk_response_headers_whatever_their_case():
+    assert parse_retry_after(httpx2.Headers({"Retry-After-Ms": "250"})) == pytest.approx(0.25)
+    assert parse_retry_after(httpx2.Headers({"RETRY-AFTER": "2"})) == 2.0
+
+
 def test_a_retry_after_beyond_the_deadline_gives_up_at_once():
     decision = POLICY.decide(classify(status_error(429, {"retry-after": "2"})), attempts=1, remaining_s=1.0)
     assert not decision.retry and decision.reason == "deadline"
