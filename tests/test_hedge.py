@@ -146,14 +146,23 @@ async def test_after_a_run_of_lost_hedges_only_one_due_hedge_in_probe_every_is_s
     chain, hedge = hedging(SlowPrimaries(0.03, 0.03), futile_after=3, probe_every=2)
     for _ in range(7):
         await chain.complete("hi", model="gpt-4o")
-    # three lost hedges, then every other due hedge held back: paused, probe, paused, probe
+    # three lost hedges, then every other request sent without a hedge timer: paused, probe, paused, probe
     assert (hedge.stats.hedged, hedge.stats.paused, hedge.stats.hedge_won) == (5, 2, 0)
+
+
+async def test_a_paused_hedge_sets_no_timer_for_a_request_that_is_not_a_probe():
+    chain, hedge = hedging(SlowPrimaries(0.03, 0.03), futile_after=1, probe_every=3)
+    await chain.complete("hi", model="gpt-4o")  # one lost hedge: paused
+    request = asyncio.create_task(chain.complete("hi", model="gpt-4o"))
+    await asyncio.sleep(0.005)  # sent, and its hedge's 10 ms delay not over: a timer would be set now
+    assert len(hedge._timers) == 0 and hedge.stats.paused == 1 and hedge.stats.hedged == 1
+    await request
 
 
 async def test_a_probe_that_wins_ends_the_pause():
     upstream = SlowPrimaries(0.03, 0.03)
     chain, hedge = hedging(upstream, futile_after=2, probe_every=3)
-    for _ in range(4):  # two lost hedges, then two due hedges held back
+    for _ in range(4):  # two lost hedges, then two requests without a hedge timer
         await chain.complete("hi", model="gpt-4o")
     upstream.hedge_s = 0.0  # from now on a hedge answers first
     for _ in range(3):  # the probe wins; the next two hedges are sent again

@@ -23,14 +23,16 @@ How this layer does it, for streams and plain requests alike:
 4. **A cap**: hedges are paid from a token bucket that gains `max_share` per request (at most `burst`), so hedges
    stay at most `max_share` of the traffic even when everything is slow (when hedging would only add load).
 5. **Futile hedges pause**: after `futile_after` hedges in a row that lost (the primary answered first, or both
-   failed), only one due hedge in `probe_every` is sent, until one wins. A hedge helps when the tail is *where*
-   a request went; when it is a queue both copies share (this process's own event loop, one busy service), the
-   copy waits in the same queue and only adds load, a second request cancelled mid-flight. Both show in this
-   repository: in `python -m labkit.lessons.overhead --bench` (a client whose requests queue behind each other's
-   CPU) none of the default chain's hedges wins (its JSON counts them); in lesson 10's tail (5 % of first bytes a
-   second late, on a service that is otherwise quick) most do (its hedge table counts them). Ten losses in a row
-   is the default: where four hedges in five win it happens about once in ten million hedges, where one in five
-   wins about once in ten, and every loss before the pause costs a second request.
+   failed), only one request in `probe_every` is armed for a hedge (a probe), until a hedge wins; the others run
+   without a hedge timer, so a paused hedge costs a request no timer to set, cancel or wake the loop for. A hedge
+   helps when the tail is *where* a request went; when it is a queue both copies share (this process's own event
+   loop, one busy service), the copy waits in the same queue and only adds load, a second request cancelled
+   mid-flight. Both show in this repository: in `python -m labkit.lessons.overhead --bench` (a client whose
+   requests queue behind each other's CPU) none of the default chain's hedges wins (its JSON counts them); in
+   lesson 10's tail (5 % of first bytes a second late, on a service that is otherwise quick) most do (its hedge
+   table counts them). Ten losses in a row is the default: ten hedges all lose with probability 0.2^10 (about 1e-7)
+   where four in five win, 0.8^10 (about 0.11) where one in five wins, and every loss before the pause costs a
+   second request.
 
 Place it under the retry layer (`[metrics, retry, hedge]` over a balancer): a hedged pair is one attempt for the
 retry layer, and both endpoints tried go into its route log.
@@ -68,7 +70,7 @@ class HedgeStats:
     primary_won: int = 0  # the primary answered first although a hedge had started
     losers_cancelled: int = 0
     capped: int = 0  # a hedge was due but the cap said no
-    paused: int = 0  # a hedge was due but the last `futile_after` hedges had all lost (and it was not a probe)
+    paused: int = 0  # requests sent without a hedge timer: the last `futile_after` hedges had all lost (not a probe)
     both_failed: int = 0
 
     @property
@@ -155,7 +157,7 @@ class HedgeLayer:
         self.futile_after = futile_after
         self.probe_every = probe_every
         self._lost = 0  # hedges lost in a row (reset by a win)
-        self._passed_over = 0  # due hedges not sent since the last probe
+        self._passed_over = 0  # requests sent without a hedge timer since the last probe
         self._fresh: list[float] = []  # answers' times not in `samples` yet (see the module docstring)
         self._delay: float | None = None
         self._delay_of = -1  # the `samples.version` `_delay` was worked out from
@@ -183,7 +185,7 @@ class HedgeLayer:
             primary = request.with_controls(route_log=log_a.entries)
         log_b: list[str] = []
         try:
-            if delay is None:
+            if delay is None or self._pausing():
                 return self._keep(await _attempt(primary, call_next))
             return await self._hedged(request, primary, call_next, delay, log_a, log_b)
         finally:
@@ -222,11 +224,6 @@ class HedgeLayer:
             if self._tokens < 1.0:
                 self.stats.capped += 1
                 return
-            if self._lost >= self.futile_after and self._passed_over < self.probe_every - 1:
-                self._passed_over += 1
-                self.stats.paused += 1
-                return
-            self._passed_over = 0
             self._tokens -= 1.0
             self.stats.hedged += 1
             avoid = [*request.controls.get("avoid_endpoints", ()), *log_a.picked()]
@@ -282,6 +279,17 @@ class HedgeLayer:
         elif race.timer is not None:  # the common end: no hedge started, only its timer to cancel (no await)
             race.timer.cancel()
         return self._keep(outcome)
+
+    def _pausing(self) -> bool:
+        """Whether this request runs without a hedge timer: hedges keep losing, and it is not the probe."""
+        if self._lost < self.futile_after:
+            return False
+        if self._passed_over < self.probe_every - 1:
+            self._passed_over += 1
+            self.stats.paused += 1
+            return True
+        self._passed_over = 0
+        return False
 
     def _won(self) -> None:
         self.stats.hedge_won += 1

@@ -219,8 +219,8 @@ async def measure(
             "ratio_with_semantic": round(full.ratio, 3),
             "semantic_cost_per_miss_ms": round(semantic_cost * 1e3, 3),
             "meets_target": round(target.ratio, 3) <= TARGET_RATIO,
-            # a hedge is a second request: how many the measured chain sent, how many answered first, how many it
-            # held back once hedges kept losing (labkit.layers.hedge)
+            # a hedge is a second request: how many the measured chain sent, how many answered first, and how many
+            # requests it sent without a hedge timer once hedges kept losing (labkit.layers.hedge)
             "hedges": None
             if hedge is None
             else {"sent": hedge.stats.hedged, "won": hedge.stats.hedge_won, "paused": hedge.stats.paused},
