@@ -21,8 +21,8 @@ ARMS = {"bare", "default_chain", "default_chain_without_semantic"}
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("overhead") / "overhead.json"
-    args = ["--bench", "--layers", "--requests", "40", "--block", "10", "--rounds", "1", "--out", str(out)]
-    run_module("labkit.lessons.overhead", *args, timeout=170)
+    args = ["--bench", "--layers", "--requests", "40", "--block", "10", "--rounds", "1", "--processes", "2"]
+    run_module("labkit.lessons.overhead", *args, "--out", str(out), timeout=170)
     return json.loads(out.read_text())
 
 
@@ -38,9 +38,13 @@ def test_the_overhead_bench_writes_both_ratios_per_transport(report):
         assert figures["ratio_without_semantic"] == pytest.approx(
             cpu["default_chain_without_semantic"] / cpu["bare"], abs=0.01
         )
-        assert figures["meets_target"] == (figures["ratio_without_semantic"] <= report["target_ratio"])
         low, high = figures["ratio_without_semantic_ci95"]
         assert low <= figures["ratio_without_semantic"] <= high
+        spread = figures["ratio_without_semantic_across_processes"]
+        assert len(spread["by_process"]) == report["processes"] == 2
+        assert spread["by_process"][0] == figures["ratio_without_semantic"]
+        assert spread["ci95"][0] <= spread["mean"] <= spread["ci95"][1]
+        assert figures["meets_target"] == (spread["mean"] <= report["target_ratio"])
         assert set(figures["hedges"]) == {"sent", "won", "paused"}
         assert figures["hedges"]["won"] <= figures["hedges"]["sent"]
 
@@ -55,12 +59,26 @@ def test_the_overhead_bench_measures_every_layer_over_the_stub(report):
 @pytest.mark.timeout(180)
 def test_the_overhead_bench_switches_off_what_it_is_told_and_says_so(tmp_path):
     out = tmp_path / "overhead.json"
-    args = ["--bench", "--without", "dedup", "hedge", "--requests", "20", "--block", "10", "--out", str(out)]
+    args = ["--bench", "--without", "dedup", "hedge", "--requests", "20", "--block", "10", "--processes", "1"]
+    args += ["--out", str(out)]
     run_module("labkit.lessons.overhead", *args, timeout=170)
     report = json.loads(out.read_text())
     assert report["switched_off"] == ["dedup", "hedge"]
     assert all(report[kind]["hedges"] is None for kind in ("lean", "sdk"))
     assert all(report[kind]["ratio_without_semantic"] > 0 for kind in ("lean", "sdk"))
+
+
+def test_the_ratio_across_processes_is_their_mean_with_a_t_interval():
+    spread = overhead.across_processes([1.0, 1.1, 1.2])
+    assert spread["by_process"] == [1.0, 1.1, 1.2] and spread["mean"] == pytest.approx(1.1)
+    half = 4.303 * 0.1 / 3**0.5  # t(0.975, 2 degrees of freedom) times the standard error
+    assert spread["ci95"] == pytest.approx([1.1 - half, 1.1 + half], abs=1e-3)
+    assert overhead.across_processes([1.05])["ci95"] is None  # one process: no interval over processes
+
+
+def test_the_overhead_bench_needs_at_least_one_process():
+    with pytest.raises(SystemExit):
+        overhead.main(["--bench", "--processes", "0"])
 
 
 def test_the_overhead_bench_refuses_a_switch_it_does_not_know():
