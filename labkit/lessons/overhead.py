@@ -331,10 +331,11 @@ async def layer_costs(*, requests: int, rounds: int, concurrency: int, max_token
     }
 
 
-async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+async def _on_a_service(args: argparse.Namespace, measurement: Callable[..., Awaitable[Any]]) -> Any:
+    """`measurement` (`measure`, `target_ratios`) at the command's sizes, against a simulated service of its own."""
     with start_sim("fast", seed=0) as sim:
         sim.set_limits(rpm=10**7, tpm=10**10)  # no pacing: this measures CPU, not waiting
-        results = await measure(
+        return await measurement(
             sim.endpoint,
             requests=args.requests,
             block=args.block,
@@ -342,6 +343,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             max_tokens=args.max_tokens,
             without=tuple(args.without),
         )
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = await _on_a_service(args, measure)
     if args.layers:
         results["layers_over_stub"] = await layer_costs(
             requests=args.requests * 2, rounds=args.rounds, concurrency=args.concurrency, max_tokens=args.max_tokens
@@ -374,19 +379,6 @@ def _in_another_process(args: argparse.Namespace) -> dict[str, float]:
         return ratios
 
 
-async def _target_only(args: argparse.Namespace) -> dict[str, float]:
-    with start_sim("fast", seed=0) as sim:
-        sim.set_limits(rpm=10**7, tpm=10**10)
-        return await target_ratios(
-            sim.endpoint,
-            requests=args.requests,
-            block=args.block,
-            concurrency=args.concurrency,
-            max_tokens=args.max_tokens,
-            without=tuple(args.without),
-        )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m labkit.lessons.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="run the benchmark and write its JSON")
@@ -413,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.bench or args.target_only):
         parser.error("nothing to do: pass --bench")
     if args.target_only:
-        payload: Any = asyncio.run(_target_only(args))
+        payload: Any = asyncio.run(_on_a_service(args, target_ratios))
     else:
         payload = asyncio.run(_bench(args))
         further = [_in_another_process(args) for _ in range(args.processes - 1)]  # one after the other, not at once
