@@ -41,18 +41,17 @@ class StreamGuard:
     def __call__(self, request: ChatRequest, call_next: Handler) -> Awaitable[Result]:
         """A plain request with no time limit passes straight through: the next handler's awaitable, not a
         coroutine of the guard's (`labkit.chain.Layer`); anything else is guarded."""
-        if not request.stream and self.total_timeout_s is None and "stream_timeout" not in request.controls:
-            return call_next(request)
-        return self._guarded(request, call_next)
-
-    async def _guarded(self, request: ChatRequest, call_next: Handler) -> Result:
         total = request.controls.get("stream_timeout", self.total_timeout_s)
+        if not request.stream and total is None:
+            return call_next(request)
+        return self._guarded(request, call_next, total)
+
+    async def _guarded(self, request: ChatRequest, call_next: Handler, total: float | None) -> Result:
         loop = asyncio.get_running_loop()
         start = loop.time()
         total_at = start + total if total is not None else None
         if not request.stream:
-            if total_at is None:
-                return await call_next(request)
+            assert total is not None and total_at is not None  # a plain request without one passed through
             try:
                 async with asyncio.timeout_at(total_at):
                     return await call_next(request)
